@@ -1,0 +1,5 @@
+"""``python -m nahual`` is the ``nahual`` command."""
+
+from .cli import main
+
+raise SystemExit(main())

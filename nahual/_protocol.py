@@ -1,0 +1,284 @@
+"""Wire protocol v1: one message = envelope + JSON header + aligned raw array buffers.
+
+Layer: the bottom of nahual (numpy only; no sockets). The layout is written
+down in ``docs/protocol.md``::
+
+    offset 0   envelope, 24 bytes, little-endian ``<4sHBBQII``:
+               magic b"NHWL", version (1), kind, flags (0), request id,
+               header length, reserved (0)
+    offset 24  JSON header (UTF-8): {"meta": {...}, "payload": tree, "arrays": [...]}
+    then       each array's bytes at a 64-byte aligned offset, in order
+
+Arrays inside ``payload`` are replaced by ``{"$nahual": "array", "index": i}``;
+``arrays[i]`` holds ``dtype`` (``dtype.str``, byte order included), ``shape``,
+``offset`` and ``nbytes``. Decoding builds read-only numpy views on the
+received buffer: no copy, and nothing in a message can execute code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import ProtocolError
+
+__all__ = [
+    "ALIGNMENT",
+    "ENVELOPE",
+    "MAGIC",
+    "VERSION",
+    "Frame",
+    "Kind",
+    "MessagePlan",
+    "decode",
+    "encode",
+    "plan",
+]
+
+MAGIC = b"NHWL"
+VERSION = 1
+ALIGNMENT = 64
+ENVELOPE = struct.Struct("<4sHBBQII")
+#: The reserved key that marks an array inside the JSON tree.
+ARRAY_TAG = "$nahual"
+#: Headers above this size are refused before parsing (arrays travel outside the header).
+MAX_HEADER_BYTES = 64 * 1024 * 1024
+#: Nesting deeper than this is refused (keeps decoding free of recursion errors).
+MAX_DEPTH = 64
+
+
+class Kind:
+    """Message kinds (the envelope's kind byte)."""
+
+    REQUEST = 1
+    REPLY = 2
+    ERROR = 3
+    ALL = (REQUEST, REPLY, ERROR)
+
+
+@dataclass
+class Frame:
+    """A decoded message.
+
+    Attributes
+    ----------
+    kind : int
+        One of :class:`Kind`.
+    request_id : int
+        The id that pairs a reply with its request.
+    meta : dict
+        Protocol-level fields (operation, instance, params, token, error details).
+    payload : Any
+        The user payload: nested dicts/lists of JSON values and numpy arrays.
+    """
+
+    kind: int
+    request_id: int
+    meta: dict[str, Any] = field(default_factory=dict)
+    payload: Any = None
+
+
+def _align(offset: int) -> int:
+    return -(-offset // ALIGNMENT) * ALIGNMENT
+
+
+def _check_dtype(dtype: np.dtype, where: str) -> None:
+    if dtype.hasobject or dtype.fields is not None or dtype.kind in "VOMm" or dtype.subdtype is not None:
+        raise TypeError(
+            f"{where}: arrays of dtype {dtype.str!r} ({dtype}) cannot be sent; "
+            "expected bool, int, uint, float, complex, bytes or str dtypes"
+        )
+
+
+@dataclass
+class MessagePlan:
+    """The layout of one outgoing message, computed before any buffer exists.
+
+    ``nbytes`` is the exact message size, so the transport can allocate the
+    message once and :meth:`write_into` copies each array exactly once.
+    """
+
+    kind: int
+    request_id: int
+    header: bytes
+    arrays: list[np.ndarray]
+    offsets: list[int]
+    nbytes: int
+
+    def write_into(self, buffer: Any) -> None:
+        """Write the message into a writable buffer of exactly ``nbytes`` bytes."""
+        view = memoryview(buffer).cast("B")
+        if len(view) != self.nbytes:
+            raise ValueError(f"buffer holds {len(view)} bytes, the message needs {self.nbytes}")
+        ENVELOPE.pack_into(view, 0, MAGIC, VERSION, self.kind, 0, self.request_id, len(self.header), 0)
+        start = ENVELOPE.size
+        view[start : start + len(self.header)] = self.header
+        for array, offset in zip(self.arrays, self.offsets):
+            if array.nbytes:
+                target = np.frombuffer(view, dtype=array.dtype, count=array.size, offset=offset)
+                np.copyto(target.reshape(array.shape), array, casting="no")
+
+
+def _to_tree(value: Any, arrays: list[np.ndarray], depth: int) -> Any:
+    if depth > MAX_DEPTH:
+        raise TypeError(f"payload nests deeper than {MAX_DEPTH} levels")
+    if value is None or isinstance(value, (bool, int, float, str)):
+        if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
+            raise TypeError(f"integer {value} does not fit in 64 bits; send it as a string or array")
+        return value
+    if isinstance(value, np.generic):
+        value = np.asarray(value)
+    if isinstance(value, np.ndarray):
+        _check_dtype(value.dtype, "payload")
+        arrays.append(value)
+        return {ARRAY_TAG: "array", "index": len(arrays) - 1}
+    if isinstance(value, Mapping):
+        tree = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"payload dict keys must be str, got {type(key).__name__} {key!r}")
+            if key == ARRAY_TAG:
+                raise TypeError(f"payload dict key {ARRAY_TAG!r} is reserved by the nahual protocol")
+            tree[key] = _to_tree(item, arrays, depth + 1)
+        return tree
+    if isinstance(value, (list, tuple)):
+        return [_to_tree(item, arrays, depth + 1) for item in value]
+    raise TypeError(
+        f"cannot send a {type(value).__name__}: payloads hold dicts, lists, str, int, float, bool, None and numpy arrays"
+    )
+
+
+def plan(kind: int, request_id: int, meta: Mapping[str, Any] | None = None, payload: Any = None) -> MessagePlan:
+    """Lay out a message; raises ``TypeError`` for unsendable payloads before anything is written.
+
+    Parameters
+    ----------
+    kind : int
+        One of :class:`Kind`.
+    request_id : int
+        Unsigned 64-bit request id.
+    meta : mapping, optional
+        Protocol fields (JSON values only).
+    payload : Any
+        Nested dicts/lists of JSON scalars, strings and numpy arrays.
+    """
+    arrays: list[np.ndarray] = []
+    tree = _to_tree(payload, arrays, 0)
+    meta_arrays: list[np.ndarray] = []
+    meta_tree = _to_tree(dict(meta or {}), meta_arrays, 0)
+    if meta_arrays:
+        raise TypeError("message meta holds JSON values only; send arrays in the payload")
+    offsets: list[int] = []
+    specs = []
+    for array in arrays:
+        specs.append({"dtype": array.dtype.str, "shape": list(array.shape), "nbytes": array.nbytes})
+    # The header's length depends on the offsets and vice versa: place the
+    # buffers after a header measured with placeholder offsets of full width.
+    draft = json.dumps({"meta": meta_tree, "payload": tree, "arrays": [dict(s, offset=2**63) for s in specs]})
+    cursor = _align(ENVELOPE.size + len(draft.encode()))
+    for spec in specs:
+        offsets.append(cursor)
+        spec["offset"] = cursor
+        cursor = _align(cursor + spec["nbytes"])
+    header = json.dumps({"meta": meta_tree, "payload": tree, "arrays": specs}).encode()
+    total = offsets[-1] + specs[-1]["nbytes"] if specs else ENVELOPE.size + len(header)
+    return MessagePlan(kind, request_id, header, arrays, offsets, total)
+
+
+def encode(kind: int, request_id: int, meta: Mapping[str, Any] | None = None, payload: Any = None) -> bytearray:
+    """Encode a message into a new ``bytearray`` (tests and tools; the transport uses :func:`plan`)."""
+    message_plan = plan(kind, request_id, meta, payload)
+    buffer = bytearray(message_plan.nbytes)
+    message_plan.write_into(buffer)
+    return buffer
+
+
+def read_envelope(buffer: Any) -> tuple[int, int, int]:
+    """Return (kind, request id, header length) or raise :class:`ProtocolError`."""
+    view = memoryview(buffer).cast("B")
+    if len(view) < ENVELOPE.size:
+        raise ProtocolError(f"message of {len(view)} bytes is shorter than the {ENVELOPE.size}-byte envelope")
+    magic, version, kind, _flags, request_id, header_len, _reserved = ENVELOPE.unpack_from(view, 0)
+    if magic != MAGIC:
+        raise ProtocolError(f"bad magic {magic!r}, expected {MAGIC!r}: not a nahual message")
+    if version != VERSION:
+        raise ProtocolError(f"protocol version {version} is not supported, expected {VERSION}")
+    if kind not in Kind.ALL:
+        raise ProtocolError(f"unknown message kind {kind}")
+    if header_len > min(MAX_HEADER_BYTES, len(view) - ENVELOPE.size):
+        raise ProtocolError(f"header length {header_len} exceeds the {len(view)}-byte message")
+    return kind, request_id, header_len
+
+
+def _parse_array(spec: Any, view: memoryview, header_end: int) -> np.ndarray:
+    if not isinstance(spec, dict):
+        raise ProtocolError("array spec must be an object")
+    dtype_str, shape, offset, nbytes = (spec.get(k) for k in ("dtype", "shape", "offset", "nbytes"))
+    if not isinstance(dtype_str, str) or len(dtype_str) > 16:
+        raise ProtocolError(f"bad array dtype {dtype_str!r}")
+    try:
+        dtype = np.dtype(dtype_str)
+        _check_dtype(dtype, "received")
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"bad array dtype {dtype_str!r}: {exc}") from None
+    if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
+        raise ProtocolError(f"bad array shape {shape!r}")
+    if not all(type(n) is int and n >= 0 for n in (offset, nbytes)):
+        raise ProtocolError("array offset and nbytes must be non-negative integers")
+    count = math.prod(shape)
+    if count * dtype.itemsize != nbytes:
+        raise ProtocolError(f"array of shape {shape} and dtype {dtype_str} cannot hold {nbytes} bytes")
+    if offset < header_end or offset + nbytes > len(view):
+        raise ProtocolError(f"array bytes [{offset}, {offset + nbytes}) lie outside the message")
+    array = np.frombuffer(view, dtype=dtype, count=count, offset=offset).reshape(shape)
+    array.flags.writeable = False
+    return array
+
+
+def _from_tree(tree: Any, arrays: list[np.ndarray], depth: int = 0) -> Any:
+    if depth > MAX_DEPTH:
+        raise ProtocolError(f"payload nests deeper than {MAX_DEPTH} levels")
+    if isinstance(tree, dict):
+        if ARRAY_TAG in tree:
+            index = tree.get("index")
+            if tree[ARRAY_TAG] != "array" or type(index) is not int or not 0 <= index < len(arrays):
+                raise ProtocolError(f"bad array reference {tree!r}")
+            return arrays[index]
+        return {key: _from_tree(item, arrays, depth + 1) for key, item in tree.items()}
+    if isinstance(tree, list):
+        return [_from_tree(item, arrays, depth + 1) for item in tree]
+    return tree
+
+
+def decode(buffer: Any) -> Frame:
+    """Decode a message; arrays are read-only views that keep ``buffer`` alive.
+
+    Raises
+    ------
+    ProtocolError
+        For any message that does not follow protocol v1, whatever its bytes.
+    """
+    kind, request_id, header_len = read_envelope(buffer)
+    view = memoryview(buffer).cast("B")
+    header_end = ENVELOPE.size + header_len
+    try:
+        header = json.loads(bytes(view[ENVELOPE.size : header_end]).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ProtocolError(f"header is not valid JSON: {exc}") from None
+    if not isinstance(header, dict) or not isinstance(header.get("arrays", []), list):
+        raise ProtocolError("header must be an object with an 'arrays' list")
+    meta = header.get("meta", {})
+    if not isinstance(meta, dict):
+        raise ProtocolError("header 'meta' must be an object")
+    arrays = [_parse_array(spec, view, header_end) for spec in header.get("arrays", [])]
+    try:
+        payload = _from_tree(header.get("payload"), arrays)
+    except RecursionError:
+        raise ProtocolError("payload nests too deeply") from None
+    return Frame(kind, request_id, meta, payload)

@@ -1,0 +1,212 @@
+"""Transport: the only module that touches pynng.
+
+Layer: above the wire protocol. It gives the server and the client sockets
+and per-request *channels* (nng contexts) with three guarantees:
+
+- one copy per array on send: the nng message is allocated at its final
+  size and the protocol writes into its body (``pynng.md``: the naive
+  ``bytes`` path costs three copies);
+- no copy on receive: the returned buffer is the nng message body itself,
+  freed when the last numpy view on it is gone;
+- Req0 resends are switched off, so a slow request never runs twice.
+
+pynng exceptions are translated here, once, into :mod:`nahual.errors`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from typing import Any, Iterator
+from urllib.parse import urlparse
+
+import pynng
+from pynng import _nng
+
+from ._protocol import MessagePlan
+from .errors import ConfigError, TimeoutError, TransportError
+
+__all__ = ["Channel", "ReplySocket", "RequestSocket", "ipc_path", "is_loopback", "translate_errors"]
+
+_lib, _ffi = _nng.lib, _nng.ffi
+#: nng's "forever" duration (NNG_DURATION_INFINITE).
+_INFINITE_MS = -1
+
+
+def _milliseconds(timeout: float | None) -> int:
+    return _INFINITE_MS if timeout is None else max(1, int(timeout * 1000))
+
+
+@contextlib.contextmanager
+def translate_errors(address: str, timeout: float | None = None) -> Iterator[None]:
+    """Map pynng's exceptions to nahual's, naming the address (and the limit for timeouts)."""
+    try:
+        yield
+    except pynng.Timeout as exc:
+        raise TimeoutError(f"no reply from {address} within {timeout} s") from exc
+    except pynng.Closed as exc:
+        raise TransportError(f"the connection to {address} is closed") from exc
+    except pynng.NNGException as exc:
+        raise TransportError(f"{address}: {exc}") from exc
+
+
+def _check(code: int) -> None:
+    if code:
+        pynng.exceptions.check_err(code)
+
+
+def ipc_path(address: str) -> str | None:
+    """The socket file of an ``ipc://`` address, else None."""
+    return address[len("ipc://") :] if address.startswith("ipc://") else None
+
+
+def is_loopback(address: str) -> bool:
+    """True for ipc/inproc addresses and tcp on 127.0.0.0/8, ::1 or localhost."""
+    if not address.startswith(("tcp://", "tcp4://", "tcp6://", "ws://")):
+        return address.startswith(("ipc://", "inproc://"))
+    host = urlparse(address).hostname or ""
+    return host == "localhost" or host == "::1" or host.startswith("127.")
+
+
+def check_address(address: str) -> None:
+    """Raise :class:`ConfigError` unless the address has a scheme nng serves."""
+    if not address.startswith(("ipc://", "tcp://", "tcp4://", "tcp6://", "inproc://", "ws://")):
+        raise ConfigError(f"address must start with ipc://, tcp:// or inproc://, got {address!r}")
+
+
+class Channel:
+    """One nng context: a request/reply conversation that can run beside others on one socket."""
+
+    def __init__(self, socket: pynng.Socket, address: str) -> None:
+        self._context = socket.new_context()
+        self._address = address
+        if isinstance(socket, pynng.Req0):
+            _check(_lib.nng_ctx_set_ms(self._context.context, b"req:resend-time", _INFINITE_MS))
+
+    def send(self, message: MessagePlan, timeout: float | None) -> None:
+        """Send a planned message: the arrays are copied once, into the nng message."""
+        msg_p = _ffi.new("nng_msg **")
+        with translate_errors(self._address, timeout):
+            _check(_lib.nng_msg_alloc(msg_p, message.nbytes))
+            msg = msg_p[0]
+            try:
+                message.write_into(_ffi.buffer(_lib.nng_msg_body(msg), message.nbytes))
+            except BaseException:
+                _lib.nng_msg_free(msg)
+                raise
+            self._run_aio(timeout, lambda aio: self._start_send(aio, msg), on_fail=lambda: _lib.nng_msg_free(msg))
+
+    def _start_send(self, aio: Any, msg: Any) -> int:
+        _lib.nng_aio_set_msg(aio, msg)
+        return _lib.nng_ctx_send(self._context.context, aio)
+
+    def recv(self, timeout: float | None) -> Any:
+        """Receive one message; returns its body as a buffer that owns the nng message."""
+        with translate_errors(self._address, timeout):
+            aio = self._run_aio(timeout, lambda aio: _lib.nng_ctx_recv(self._context.context, aio), keep=True)
+            try:
+                msg = _lib.nng_aio_get_msg(aio)
+            finally:
+                _lib.nng_aio_free(aio)
+        size = _lib.nng_msg_len(msg)
+        body = _ffi.gc(_ffi.cast("char *", _lib.nng_msg_body(msg)), lambda _body, m=msg: _lib.nng_msg_free(m))
+        return _ffi.buffer(body, size)
+
+    @staticmethod
+    def _run_aio(timeout: float | None, start: Any, keep: bool = False, on_fail: Any = None) -> Any:
+        aio_p = _ffi.new("nng_aio **")
+        _check(_lib.nng_aio_alloc(aio_p, _ffi.NULL, _ffi.NULL))
+        aio = aio_p[0]
+        try:
+            _lib.nng_aio_set_timeout(aio, _milliseconds(timeout))
+            start(aio)
+            _lib.nng_aio_wait(aio)
+            code = _lib.nng_aio_result(aio)
+            if code and on_fail is not None:
+                on_fail()  # a failed send leaves the message with us
+            _check(code)
+        except BaseException:
+            _lib.nng_aio_free(aio)
+            raise
+        if keep:
+            return aio
+        _lib.nng_aio_free(aio)
+        return None
+
+    def close(self) -> None:
+        """Close the context (idempotent)."""
+        with contextlib.suppress(pynng.NNGException):
+            self._context.close()
+
+
+class ReplySocket:
+    """A listening Rep0 socket; each worker thread talks through its own :class:`Channel`."""
+
+    def __init__(self, address: str) -> None:
+        check_address(address)
+        self.address = address
+        self._socket = pynng.Rep0()
+        path = ipc_path(address)
+        try:
+            with translate_errors(address):
+                try:
+                    self._socket.listen(address)
+                except pynng.AddressInUse:
+                    if path is None or not _is_stale_socket(path):
+                        raise
+                    os.unlink(path)  # left behind by a server that was killed
+                    self._socket.listen(address)
+        except BaseException:
+            self._socket.close()
+            raise
+
+    def channel(self) -> Channel:
+        """A new context for one worker."""
+        return Channel(self._socket, self.address)
+
+    def close(self) -> None:
+        """Stop listening: blocked ``recv`` calls raise :class:`TransportError`."""
+        self._socket.close()
+
+
+def _is_stale_socket(path: str) -> bool:
+    """True when nothing answers on the ipc socket file at ``path``."""
+    with pynng.Req0() as probe:
+        try:
+            probe.dial(f"ipc://{path}", block=True)
+        except pynng.NNGException:
+            return True
+    return False
+
+
+class RequestSocket:
+    """A dialing Req0 socket; each concurrent request uses its own :class:`Channel`."""
+
+    def __init__(self, address: str, connect_timeout: float | None) -> None:
+        check_address(address)
+        self.address = address
+        self._socket = pynng.Req0()
+        _check(_lib.nng_socket_set_ms(self._socket.socket, b"req:resend-time", _INFINITE_MS))
+        # A non-blocking dial keeps retrying in the background, so the client
+        # reconnects by itself to a server that restarts on the same address.
+        self._socket.dial(address, block=False)
+        self._wait_connected(connect_timeout)
+
+    def _wait_connected(self, timeout: float | None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.001
+        while not self._socket.pipes:
+            if deadline is not None and time.monotonic() > deadline:
+                self._socket.close()
+                raise TimeoutError(f"could not connect to {self.address} within {timeout} s (is the server running?)")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    def channel(self) -> Channel:
+        """A new context for one request at a time."""
+        return Channel(self._socket, self.address)
+
+    def close(self) -> None:
+        """Close the socket (idempotent)."""
+        self._socket.close()

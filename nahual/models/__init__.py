@@ -1,0 +1,1 @@
+"""Models that ship with nahual: ``echo`` here, the CPU zoo in its own modules."""
