@@ -22,19 +22,13 @@ from .errors import (
     TimeoutError,
     TransportError,
 )
+from .launch import launch  # noqa: E402 - the function shadows the subpackage on purpose
 from .model import Contract, Model
 
 try:
     __version__ = version("nahual")
 except PackageNotFoundError:  # a source tree that was never installed
     __version__ = "0+unknown"
-
-
-def launch(*args, **kwargs):  # type: ignore[no-untyped-def]
-    """Start a server in an environment; see :func:`nahual.launch.launch`."""
-    from .launch import launch as _launch
-
-    return _launch(*args, **kwargs)
 
 
 __all__ = [

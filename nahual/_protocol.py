@@ -236,7 +236,10 @@ def _parse_array(spec: Any, view: memoryview, header_end: int) -> np.ndarray:
         raise ProtocolError(f"array of shape {shape} and dtype {dtype_str} cannot hold {nbytes} bytes")
     if offset < header_end or offset + nbytes > len(view):
         raise ProtocolError(f"array bytes [{offset}, {offset + nbytes}) lie outside the message")
-    array = np.frombuffer(view, dtype=dtype, count=count, offset=offset).reshape(shape)
+    try:  # numpy's own limits: at most 64 dimensions, each below 2**63, no zero-width items
+        array = np.frombuffer(view, dtype=dtype, count=count, offset=offset).reshape(shape)
+    except ValueError as exc:
+        raise ProtocolError(f"array of shape {shape} and dtype {dtype_str}: {exc}") from None
     array.flags.writeable = False
     return array
 

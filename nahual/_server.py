@@ -109,6 +109,7 @@ class Server:
         self._pending_lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._channels: list[Any] = []
         self._socket: ReplySocket | None = None
         self._counter = 0
 
@@ -117,7 +118,8 @@ class Server:
         """Bind the socket and start the worker threads."""
         self._socket = ReplySocket(self.address)
         for index in range(self._workers_wanted):
-            thread = threading.Thread(target=self._work, args=(self._socket.channel(),), name=f"nahual-worker-{index}")
+            self._channels.append(self._socket.channel())
+            thread = threading.Thread(target=self._work, args=(self._channels[-1],), name=f"nahual-worker-{index}")
             thread.daemon = True
             thread.start()
             self._threads.append(thread)
@@ -135,9 +137,13 @@ class Server:
         """Stop listening, unload every instance and remove the ipc socket file (idempotent)."""
         self._stop.set()
         if self._socket is not None:
-            self._socket.close()
+            # Close the workers' contexts and let the workers finish before closing the
+            # socket: nng panics (use after free) when a context sends while its socket closes.
+            for channel in self._channels:
+                channel.close()
             for thread in self._threads:
                 thread.join(timeout=5)
+            self._socket.close()
             self._socket = None
         for instance in list(self._instances.values()):
             self._unload(instance.id)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from typing import Any, Iterator
 from urllib.parse import urlparse
@@ -79,10 +80,16 @@ class Channel:
     """One nng context: a request/reply conversation that can run beside others on one socket."""
 
     def __init__(self, socket: pynng.Socket, address: str) -> None:
-        self._context = socket.new_context()
+        # The raw nng context, not pynng's Context: its close() is not thread-safe, and the
+        # server closes a worker's context from another thread to stop it.
+        self._ctx = _ffi.new("nng_ctx *")
         self._address = address
-        if isinstance(socket, pynng.Req0):
-            _check(_lib.nng_ctx_set_ms(self._context.context, b"req:resend-time", _INFINITE_MS))
+        self._closed = False
+        self._close_lock = threading.Lock()
+        with translate_errors(address):
+            _check(_lib.nng_ctx_open(self._ctx, socket.socket))
+            if isinstance(socket, pynng.Req0):
+                _check(_lib.nng_ctx_set_ms(self._ctx[0], b"req:resend-time", _INFINITE_MS))
 
     def send(self, message: MessagePlan, timeout: float | None) -> None:
         """Send a planned message: the arrays are copied once, into the nng message."""
@@ -99,12 +106,12 @@ class Channel:
 
     def _start_send(self, aio: Any, msg: Any) -> int:
         _lib.nng_aio_set_msg(aio, msg)
-        return _lib.nng_ctx_send(self._context.context, aio)
+        return _lib.nng_ctx_send(self._ctx[0], aio)
 
     def recv(self, timeout: float | None) -> Any:
         """Receive one message; returns its body as a buffer that owns the nng message."""
         with translate_errors(self._address, timeout):
-            aio = self._run_aio(timeout, lambda aio: _lib.nng_ctx_recv(self._context.context, aio), keep=True)
+            aio = self._run_aio(timeout, lambda aio: _lib.nng_ctx_recv(self._ctx[0], aio), keep=True)
             try:
                 msg = _lib.nng_aio_get_msg(aio)
             finally:
@@ -135,9 +142,12 @@ class Channel:
         return None
 
     def close(self) -> None:
-        """Close the context (idempotent)."""
-        with contextlib.suppress(pynng.NNGException):
-            self._context.close()
+        """Close the context (idempotent, thread-safe): its pending send or receive fails."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        _lib.nng_ctx_close(self._ctx[0])  # an error means nng closed it already, with its socket
 
 
 class ReplySocket:

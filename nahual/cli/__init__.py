@@ -16,7 +16,7 @@ from ..errors import NahualError
 __all__ = ["main"]
 
 #: Command modules, in the order their commands appear in ``nahual --help``.
-COMMAND_MODULES = ("_server", "_launch", "_stream", "_zoo")
+COMMAND_MODULES = ("_server", "_launch", "_stream", "_zoo", "_report")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -66,12 +66,18 @@ def run_serve(args: argparse.Namespace) -> int:
             os.environ["NAHUAL_TOKEN"] = args.token  # not on the command line, where ps shows it
         exec_server(args.env, _serve_argv(args))
     from .._server import Server
+    from ..errors import LaunchError, NahualError
 
     server = Server(args.address, token=args.token, workers=args.workers)
     server.start()
     try:
         for model, params in preloads:
-            server.load(model, params)
+            try:
+                server.load(model, params)
+            except NahualError:
+                raise
+            except Exception as exc:  # the model's own load failed: one line, not a traceback
+                raise LaunchError(f"--preload {model} failed: {type(exc).__name__}: {exc}") from exc
     except BaseException:
         server.close()
         raise

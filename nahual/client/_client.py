@@ -85,12 +85,14 @@ class Client:
         if self._state is _State.CLOSED:
             return
         self._state = _State.CLOSED
-        if self._socket is not None:
-            self._socket.close()
+        # Contexts first (their pending calls fail), then the threads, then the socket:
+        # nng can panic when a context is used while its socket closes.
+        for channel in list(self._channels_made):
+            channel.close()
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
-        for channel in self._channels_made:
-            channel.close()
+        if self._socket is not None:
+            self._socket.close()
 
     def __enter__(self) -> Client:
         return self

@@ -1,0 +1,391 @@
+"""OME-Zarr (NGFF 0.4 and 0.5) metadata: open an input, write images and label images.
+
+Zarr streaming layer. NGFF 0.5 lives in Zarr v3 stores under the ``ome`` attribute;
+0.4 lives in Zarr v2 stores at the top level of the attributes. Outputs are written
+in the version of the store they go into, so one store never mixes Zarr formats.
+The metadata is written by hand rather than with ``ome-zarr`` (whose
+``write_labels`` leaves ``ome.version`` out of the labels group); the tests
+validate it with ``ome-zarr-models``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import zarr
+
+from ..errors import ConfigError, ContractError
+
+__all__ = [
+    "AXIS_TYPES",
+    "Source",
+    "Target",
+    "create_label_array",
+    "image_group",
+    "ngff_version",
+    "open_source",
+    "parse_axes",
+    "write_image",
+    "write_labels",
+]
+
+#: The axis names nahual knows, with their NGFF axis type.
+AXIS_TYPES = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
+
+
+@dataclass(frozen=True)
+class Source:
+    """An array to stream, with what nahual needs to know about it.
+
+    Attributes
+    ----------
+    array : zarr.Array
+        The level being read.
+    axes : str
+        One letter per dimension, e.g. ``"tczyx"``.
+    scale : tuple of float
+        Physical size of one pixel along each axis (1.0 when unknown).
+    image_path : str
+        The image group that outputs go into (``labels/``, ``tracks/``, ``tables/``).
+    label_name : str or None
+        Set when the input is a label image ``IMAGE/labels/NAME``.
+    path : str
+        The input path as given.
+    """
+
+    array: zarr.Array
+    axes: str
+    scale: tuple[float, ...]
+    image_path: str
+    label_name: str | None
+    path: str
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of the array being read."""
+        return tuple(self.array.shape)
+
+    @property
+    def zarr_format(self) -> int:
+        """2 or 3, the format of the store the outputs go into."""
+        return int(self.array.metadata.zarr_format)
+
+    def target(self) -> Target:
+        """Where this input's outputs go."""
+        return Target(self.image_path, self.zarr_format, self.scale)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where outputs go: an image group, its Zarr format and the pixel size of the axes written.
+
+    Attributes
+    ----------
+    image_path : str
+        The image group.
+    zarr_format : int
+        2 (NGFF 0.4) or 3 (NGFF 0.5).
+    scale : tuple of float
+        Pixel size along each axis of the source.
+    """
+
+    image_path: str
+    zarr_format: int
+    scale: tuple[float, ...]
+
+
+def parse_axes(axes: str, ndim: int | None = None) -> str:
+    """Check an axes string (``"tczyx"`` letters, each once, with y and x).
+
+    Raises
+    ------
+    ConfigError
+        With what was expected and what was given.
+    """
+    axes = axes.strip().lower()
+    bad = sorted(set(axes) - set(AXIS_TYPES))
+    if bad or len(set(axes)) != len(axes) or not {"y", "x"} <= set(axes):
+        raise ConfigError(f"axes must be distinct letters from 'tczyx' including y and x, got {axes!r}")
+    if ndim is not None and len(axes) != ndim:
+        raise ConfigError(f"axes {axes!r} name {len(axes)} dimensions but the array has {ndim}")
+    return axes
+
+
+def ngff_version(zarr_format: int) -> str:
+    """The NGFF version nahual writes into a store of this Zarr format."""
+    return "0.5" if zarr_format == 3 else "0.4"
+
+
+def _ome_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
+    """The OME metadata of a group, whichever version wrote it."""
+    ome = attrs.get("ome")
+    return dict(ome) if isinstance(ome, dict) else dict(attrs)
+
+
+def _scale_of(dataset: dict[str, Any], ndim: int) -> tuple[float, ...]:
+    for transform in dataset.get("coordinateTransformations", []):
+        if transform.get("type") == "scale":
+            return tuple(float(s) for s in transform["scale"])
+    return (1.0,) * ndim
+
+
+def _open_multiscale(group: zarr.Group, path: str, axes: str | None, level: int) -> tuple[zarr.Array, str, tuple]:
+    ome = _ome_attrs(dict(group.attrs))
+    multiscales = ome.get("multiscales")
+    if not multiscales:
+        raise ConfigError(
+            f"{path} is a Zarr group without OME-Zarr multiscales metadata; give the path of an array and --axes"
+        )
+    meta = multiscales[0]
+    names = "".join(a["name"] if isinstance(a, dict) else str(a) for a in meta.get("axes", []))
+    if not names:
+        if axes is None:
+            raise ConfigError(f"{path} has no axes in its multiscales metadata; give them with --axes, e.g. tczyx")
+        names = axes
+    elif axes is not None and parse_axes(axes) != names:
+        raise ConfigError(f"--axes {axes!r} disagrees with the axes {names!r} in the metadata of {path}")
+    datasets = meta["datasets"]
+    if not 0 <= level < len(datasets):
+        raise ConfigError(f"level {level} does not exist in {path}: it has levels 0..{len(datasets) - 1}")
+    array = group[datasets[level]["path"]]
+    names = parse_axes(names, array.ndim)
+    return array, names, _scale_of(datasets[level], array.ndim)
+
+
+def open_source(path: str | os.PathLike, axes: str | None = None, level: int = 0) -> Source:
+    """Open an OME-Zarr image, an OME-Zarr label image or a plain Zarr array.
+
+    Parameters
+    ----------
+    path : str or path-like
+        ``IMAGE`` (a multiscales group), ``IMAGE/labels/NAME`` or the path of an array.
+    axes : str, optional
+        Axes of a plain array (its ``dimension_names`` are used otherwise); for
+        OME-Zarr, only checked against the metadata.
+    level : int
+        Resolution level of a multiscales group.
+
+    Raises
+    ------
+    ConfigError
+        When the path holds nothing Zarr, no axes are known, or the level is missing.
+    """
+    path = os.fspath(path).rstrip("/")
+    try:
+        node = zarr.open(store=path, mode="r")
+    except (FileNotFoundError, zarr.errors.NodeNotFoundError) as exc:
+        raise ConfigError(f"no Zarr array or group at {path}") from exc
+    if isinstance(node, zarr.Group):
+        array, names, scale = _open_multiscale(node, path, axes, level)
+        ome = _ome_attrs(dict(node.attrs))
+        if "image-label" in ome:
+            labels_dir = os.path.dirname(path)
+            if os.path.basename(labels_dir) != "labels":
+                raise ConfigError(f"label image {path} is not inside an image's labels/ group")
+            return Source(array, names, scale, os.path.dirname(labels_dir), os.path.basename(path), path)
+        return Source(array, names, scale, path, None, path)
+    if axes is None:
+        dims = getattr(node.metadata, "dimension_names", None)
+        if not dims or any(d is None for d in dims):
+            raise ConfigError(
+                f"{path} is a plain Zarr array without axes metadata; give its axes with --axes, e.g. tyx"
+            )
+        axes = "".join(dims)
+    names = parse_axes(axes, node.ndim)
+    parent = os.path.dirname(path)
+    if not parent or not _is_group(parent):
+        raise ConfigError(
+            f"{path} is an array at the root of its store; outputs need a group: write it with write_image"
+        )
+    return Source(node, names, (1.0,) * node.ndim, parent, None, path)
+
+
+def _is_group(path: str) -> bool:
+    try:
+        return isinstance(zarr.open(store=path, mode="r"), zarr.Group)
+    except (FileNotFoundError, zarr.errors.NodeNotFoundError):
+        return False
+
+
+def image_group(image_path: str | os.PathLike, mode: str = "a") -> zarr.Group:
+    """Open the image group that outputs go into."""
+    try:
+        return zarr.open_group(os.fspath(image_path), mode=mode)
+    except (FileNotFoundError, zarr.errors.NodeNotFoundError, zarr.errors.ContainsArrayError) as exc:
+        raise ConfigError(f"no Zarr group at {image_path}") from exc
+
+
+def _multiscale(axes: str, scale: tuple[float, ...], name: str, version: str) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "axes": [{"name": a, "type": AXIS_TYPES[a]} for a in axes],
+        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": list(scale)}]}],
+        "name": name,
+    }
+    if version == "0.4":
+        meta = {"version": "0.4", **meta}
+    return meta
+
+
+def _set_ome(group: zarr.Group, version: str, ome: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
+    """Write OME metadata in the layout of ``version``, plus nahual's own keys."""
+    attrs = {"ome": {"version": version, **ome}} if version == "0.5" else dict(ome)
+    if extra:
+        attrs.update(extra)
+    group.attrs.update(attrs)
+
+
+def _default_chunks(axes: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(min(n, 1024) if a in "yx" else 1 for a, n in zip(axes, shape, strict=True))
+
+
+def write_image(
+    path: str | os.PathLike,
+    data: np.ndarray,
+    axes: str,
+    scale: tuple[float, ...] | list[float] | None = None,
+    chunks: tuple[int, ...] | None = None,
+    overwrite: bool = False,
+) -> str:
+    """Write an array as a single-level OME-Zarr 0.5 image (Zarr v3).
+
+    Parameters
+    ----------
+    path : str or path-like
+        The new image group.
+    data : numpy.ndarray
+        Pixels, with one dimension per letter of ``axes``.
+    axes : str
+        NGFF order, e.g. ``"tczyx"`` or ``"tyx"``.
+    scale : sequence of float, optional
+        Pixel size per axis (1.0 each by default).
+    chunks : tuple of int, optional
+        Chunk shape; by default 1 along t, c and z and up to 1024 along y and x.
+    overwrite : bool
+        Replace an existing store instead of refusing.
+
+    Returns
+    -------
+    str
+        ``path``, for chaining.
+    """
+    data = np.asarray(data)
+    axes = parse_axes(axes, data.ndim)
+    if list(axes) != sorted(axes, key="tczyx".index):
+        raise ConfigError(f"OME-Zarr axes must be in t, c, z, y, x order, got {axes!r}")
+    scale = tuple(float(s) for s in scale) if scale is not None else (1.0,) * data.ndim
+    if len(scale) != data.ndim:
+        raise ConfigError(f"scale has {len(scale)} values for {data.ndim} axes {axes!r}")
+    path = os.fspath(path)
+    try:
+        group = zarr.open_group(path, mode="w" if overwrite else "w-", zarr_format=3)
+    except (zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError, FileExistsError) as exc:
+        raise ConfigError(f"{path} exists already; pass overwrite=True to replace it") from exc
+    _set_ome(group, "0.5", {"multiscales": [_multiscale(axes, scale, os.path.basename(path), "0.5")]})
+    array = group.create_array(
+        "0",
+        shape=data.shape,
+        dtype=data.dtype,
+        chunks=chunks or _default_chunks(axes, data.shape),
+        dimension_names=list(axes),
+    )
+    array[...] = data
+    return path
+
+
+def create_label_array(
+    image: zarr.Group,
+    name: str,
+    axes: str,
+    shape: tuple[int, ...],
+    chunks: tuple[int, ...],
+    dtype: str | np.dtype,
+    scale: tuple[float, ...],
+    attrs: dict[str, Any] | None = None,
+) -> zarr.Array:
+    """Create (or replace) ``labels/NAME`` in an image group with image-label metadata.
+
+    The label list of ``labels/`` gains ``name``. ``attrs`` go into the label
+    group's attributes under ``"nahual"`` (provenance).
+    """
+    version = ngff_version(int(image.metadata.zarr_format))
+    labels = image.require_group("labels")
+    group = labels.create_group(name, overwrite=True)
+    _set_ome(
+        group,
+        version,
+        {
+            "multiscales": [_multiscale(axes, scale, name, version)],
+            "image-label": {"source": {"image": "../../"}, **({"version": "0.4"} if version == "0.4" else {})},
+        },
+        {"nahual": attrs} if attrs else None,
+    )
+    extra = (
+        {"dimension_names": list(axes)}
+        if version == "0.5"
+        else {"chunk_key_encoding": {"name": "v2", "separator": "/"}}
+    )
+    array = group.create_array("0", shape=shape, dtype=dtype, chunks=chunks, fill_value=0, **extra)
+    known = list(_ome_attrs(dict(labels.attrs)).get("labels", []))
+    _set_ome(labels, version, {"labels": known + ([name] if name not in known else [])})
+    return array
+
+
+def _image_layout(image: zarr.Group) -> tuple[str, tuple[int, ...], tuple[int, ...], tuple[float, ...]]:
+    """Axes, shape, chunks and scale of an image group's level 0."""
+    array, axes, scale = _open_multiscale(image, str(image.store_path), None, 0)
+    return axes, tuple(array.shape), tuple(array.chunks), scale
+
+
+def write_labels(
+    image_path: str | os.PathLike,
+    name: str,
+    data: np.ndarray,
+    axes: str,
+    attrs: dict[str, Any] | None = None,
+) -> str:
+    """Write an in-memory label image to ``IMAGE/labels/NAME`` (uint32, image-label metadata).
+
+    Parameters
+    ----------
+    image_path : str or path-like
+        An OME-Zarr image group.
+    name : str
+        Name of the label image.
+    data : numpy.ndarray
+        Non-negative integer labels, 0 for background, with the image's shape minus ``c``.
+    axes : str
+        Axes of ``data``: the image's axes without ``c``.
+    attrs : dict, optional
+        Provenance, stored under ``"nahual"``.
+
+    Returns
+    -------
+    str
+        The path of the label image.
+
+    Raises
+    ------
+    ContractError
+        When the axes or shape do not match the image, or the values are not labels.
+    """
+    data = np.asarray(data)
+    image = image_group(image_path)
+    img_axes, img_shape, img_chunks, img_scale = _image_layout(image)
+    want = img_axes.replace("c", "")
+    if parse_axes(axes, data.ndim) != want:
+        raise ContractError(f"labels of this image need axes {want!r}, got {axes!r}")
+    keep = [i for i, a in enumerate(img_axes) if a != "c"]
+    shape = tuple(img_shape[i] for i in keep)
+    if data.shape != shape:
+        raise ContractError(f"labels of this image need shape {shape}, got {data.shape}")
+    if data.dtype.kind not in "iu" or (data.size and data.min() < 0):
+        raise ContractError(f"labels must be non-negative integers, got dtype {data.dtype}")
+    dtype = np.uint32 if data.size == 0 or data.max() <= np.iinfo(np.uint32).max else np.uint64
+    array = create_label_array(
+        image, name, want, shape, tuple(img_chunks[i] for i in keep), dtype, tuple(img_scale[i] for i in keep), attrs
+    )
+    array[...] = data.astype(dtype, copy=False)
+    return os.path.join(os.fspath(image_path), "labels", name)

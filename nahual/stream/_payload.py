@@ -1,0 +1,110 @@
+"""Turn a block into the model's payload, and a label result back into the block's core.
+
+Zarr streaming layer. Reads a block's read box from the source (and the label
+input), drops the iterated axes, adds a singleton ``c`` when the model wants
+one the store lacks, transposes to the model's axes order and casts to the
+model's dtype. Label results come back in the model's spatial order and are
+checked, cropped to the core and transposed to the output's axes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import zarr
+
+from ..errors import ContractError
+from ..model import Contract
+from ._plan import Block, Plan
+
+__all__ = ["build_payload", "read_box", "result_labels"]
+
+
+def read_box(array: zarr.Array, array_axes: str, plan: Plan, block: Block, want: str) -> np.ndarray:
+    """Read a block's read box from ``array`` and lay it out in ``want`` order.
+
+    ``array_axes`` may lack axes of the plan (a label array has no ``c``); axes of
+    ``want`` the array lacks are added as singletons.
+    """
+    selection = []
+    kept = ""
+    for axis in array_axes:
+        pos = plan.axes.index(axis)
+        start, stop = block.read_start[pos], block.read_stop[pos]
+        if axis in plan.iterated:
+            selection.append(start)
+        else:
+            selection.append(slice(start, stop))
+            kept += axis
+    data = np.asarray(array[tuple(selection)])
+    for axis in want:
+        if axis not in kept:
+            data = data[np.newaxis]
+            kept = axis + kept
+    return np.transpose(data, [kept.index(a) for a in want])
+
+
+def build_payload(
+    contract: Contract,
+    plan: Plan,
+    block: Block,
+    image: zarr.Array | None,
+    labels: zarr.Array | None,
+) -> dict[str, Any]:
+    """The payload of one block: ``image`` and/or ``labels`` as the contract's inputs ask, plus ``axes``."""
+    payload: dict[str, Any] = {"axes": plan.model_axes}
+    if "image" in contract.inputs and image is not None:
+        data = read_box(image, plan.axes, plan, block, plan.model_axes)
+        payload["image"] = data.astype(contract.dtype, copy=False) if contract.dtype else data
+    if "labels" in contract.inputs and labels is not None:
+        payload["labels"] = read_box(labels, plan.out_axes, plan, block, plan.model_axes.replace("c", "")).astype(
+            np.uint32, copy=False
+        )
+        if "image" not in payload:
+            payload["axes"] = plan.model_axes.replace("c", "")
+    return payload
+
+
+def result_labels(result: Any, plan: Plan, block: Block) -> tuple[tuple[slice, ...], np.ndarray, np.ndarray]:
+    """Check a label result and lay it out on the output's axes.
+
+    Returns
+    -------
+    core_selection : tuple of slice
+        Where the core goes in the output array.
+    core : numpy.ndarray
+        The core's labels, with singleton iterated axes.
+    window : numpy.ndarray
+        The whole read box's labels in the same layout (the halo is needed for stitching).
+
+    Raises
+    ------
+    ContractError
+        When the result is not ``{"labels": integer array}`` of the tile's spatial shape.
+    """
+    if not isinstance(result, dict) or "labels" not in result:
+        keys = sorted(result) if isinstance(result, dict) else type(result).__name__
+        raise ContractError(f"a labels model must return {{'labels': array}}, got {keys}")
+    data = np.asarray(result["labels"])
+    result_axes = plan.model_axes.replace("c", "")
+    expected = tuple(block.read_stop[plan.axes.index(a)] - block.read_start[plan.axes.index(a)] for a in result_axes)
+    if data.shape != expected:
+        raise ContractError(f"labels result has shape {data.shape}, expected {expected} (axes {result_axes!r})")
+    if data.dtype.kind not in "iub":
+        raise ContractError(f"labels result must be integers, got dtype {data.dtype}")
+    if data.dtype.kind != "u":
+        if data.size and data.min() < 0:
+            raise ContractError(f"labels result must be >= 0, got a minimum of {data.min()}")
+        data = data.astype(np.uint64 if data.dtype.itemsize == 8 else np.uint32)
+    out_axes = plan.out_axes
+    present = "".join(a for a in out_axes if a in result_axes)
+    window = np.transpose(data, [result_axes.index(a) for a in present])
+    window = window.reshape([window.shape[present.index(a)] if a in present else 1 for a in out_axes])
+    core_sel, window_core = [], []
+    for axis in out_axes:
+        pos = plan.axes.index(axis)
+        core_sel.append(slice(block.start[pos], block.stop[pos]))
+        offset = block.start[pos] - block.read_start[pos] if axis in present else 0
+        window_core.append(slice(offset, offset + block.stop[pos] - block.start[pos]))
+    return tuple(core_sel), window[tuple(window_core)], window

@@ -1,0 +1,34 @@
+# Pictures of each image for people: mask outlines at a few time points,
+# tracks over the image in lineage colours, a summary (objects per frame,
+# divisions). `snakemake --report report.html` collects them.
+
+
+if report_figures():  # a chain without labels or tracks has nothing to draw
+
+    rule report_figures:
+        input:
+            unpack(get_report_inputs),
+        output:
+            **{
+                figure: report(
+                    f"results/{{image}}/report/{figure}.png",
+                    caption=f"../workflow/report/{figure}.rst",
+                    category="{image}",
+                    labels={"image": "{image}", "figure": figure},
+                )
+                for figure in report_figures()
+            },
+        params:
+            store=lambda wildcards: IMAGES[wildcards.image]["path"],
+            outdir=lambda wildcards, output: os.path.dirname(output[0]),
+            options=get_report_args,
+        log:
+            "logs/report_figures/{image}.log",
+        benchmark:
+            "results/benchmarks/report_figures/{image}.tsv"
+        threads: 1
+        resources:
+            mem_mb=2000,
+            runtime=30,
+        shell:
+            "nahual report {params.store:q} {params.outdir:q} {params.options} > {log} 2>&1"

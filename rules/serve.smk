@@ -1,0 +1,52 @@
+# Model servers as Snakemake service jobs.
+#
+# env_prepare readies each model's environment once (uv sync, nix build) on the
+# machine running snakemake, so that servers start fast. serve_model runs with
+# `exec` so that Snakemake's SIGTERM reaches the server itself; the server
+# writes the service file (--ready-file) only once bound with its model loaded
+# and removes it and its socket when it stops; --parent makes it stop too when
+# the snakemake that started it dies. Every consumer of a server shares its
+# group (one Slurm job per server and its consumers).
+
+
+localrules:
+    env_prepare,
+    demo_data,
+
+
+rule env_prepare:
+    output:
+        "results/envs/{model}.txt",
+    params:
+        spec=lambda wildcards: MODELS[wildcards.model]["env"],
+    log:
+        "logs/env_prepare/{model}.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+    shell:
+        "nahual env-prepare {params.spec:q} > {output} 2> {log}"
+
+
+rule serve_model:
+    input:
+        env=get_env_marker,
+    output:
+        ready=service("results/servers/{step}/{batch}.ready"),
+        # the socket is an output too, so that Snakemake deletes it when a
+        # failed consumer makes it kill the server (which then cannot)
+        socket=service("results/servers/{step}/{batch}.sock"),
+    params:
+        address=lambda wildcards, output: f"ipc://{output.socket}",
+        options=get_serve_args,
+    log:
+        "logs/serve_model/{step}/{batch}.log",
+    group:
+        "nahual"
+    threads: server_resource("threads")
+    resources:
+        mem_mb=server_resource("mem_mb"),
+        runtime=server_resource("runtime"),
+        gpu=server_resource("gpu"),
+    shell:
+        "exec nahual serve {params.address} --ready-file {output.ready} {params.options} --parent $PPID > {log} 2>&1"

@@ -1,0 +1,185 @@
+"""The client against real server processes: calls, pipelining, timeouts, dead servers, seed style."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+from conftest import Served
+
+import nahual
+from nahual import Timeout
+from nahual.errors import NahualError, RemoteError, TransportError
+
+COUNTER = "models_for_tests:Counter"
+
+
+def test_load_and_call_echo_with_arrays(echo_server: Served) -> None:
+    image = np.arange(4 * 70_000, dtype=">f4").reshape(4, 70_000)[::2, ::3]  # strided, big-endian
+    payload = {"image": image, "labels": np.ones((2, 2), np.uint32), "axes": "yx", "n": [1, 2.5, None, True]}
+    with nahual.Client(echo_server.address, timeout=10) as client:
+        echo = client.load("echo")
+        assert echo.model == "echo" and echo.contract.params["delay_s"]
+        result = echo(payload)
+    assert result["axes"] == "yx" and result["n"] == [1, 2.5, None, True]
+    assert result["image"].dtype.str == ">f4" and result["labels"].dtype == np.uint32
+    np.testing.assert_array_equal(result["image"], image)
+    assert not result["image"].flags.writeable  # a view on the reply; copy to write
+
+
+def test_large_array_round_trip(echo_server: Served) -> None:
+    array = np.random.default_rng(0).random((64, 1024, 256), dtype=np.float32)  # 64 MiB
+    with nahual.Client(echo_server.address, timeout=30) as client:
+        np.testing.assert_array_equal(client.load("echo")(array), array)
+
+
+def test_map_keeps_order_and_submit_returns_futures(echo_server: Served) -> None:
+    arrays = [np.full((16, 16), i, np.int32) for i in range(20)]
+    with nahual.Client(echo_server.address, timeout=10) as client:
+        echo = client.load("echo")
+        results = list(echo.map(arrays, inflight=4))
+        future = echo.submit({"x": 1})
+        assert future.result(timeout=10) == {"x": 1}
+    assert [int(result[0, 0]) for result in results] == list(range(20))
+
+
+def test_map_spreads_over_replicas_in_order(echo_server: Served) -> None:
+    with nahual.Client(echo_server.address, timeout=10) as client:
+        handles = [client.load(COUNTER, replica=r) for r in range(3)]
+        futures = [handles[i % 3].submit(i) for i in range(12)]
+        assert [f.result(timeout=10)["payload"] for f in futures] == list(range(12))
+
+
+@pytest.mark.parametrize("inflight", [0, 65])
+def test_map_refuses_bad_inflight(echo_server: Served, inflight: int) -> None:
+    with nahual.Client(echo_server.address, timeout=10) as client:
+        with pytest.raises(ValueError, match="inflight"):
+            list(client.load("echo").map([1], inflight=inflight))
+
+
+def test_map_raises_the_remote_error(echo_server: Served) -> None:
+    with nahual.Client(echo_server.address, timeout=10) as client:
+        failing = client.load("models_for_tests:Fail")
+        with pytest.raises(RemoteError, match="ValueError"):
+            list(failing.map([{"message": "x"}] * 3, inflight=2))
+
+
+def test_request_timeout_fires_on_delay_and_the_client_recovers(echo_server: Served) -> None:
+    with nahual.Client(echo_server.address, timeout=Timeout(connect=10, request=0.05)) as client:
+        echo = client.load("echo", delay_s=0)  # fast enough for 50 ms
+        with pytest.raises(nahual.TimeoutError, match="within 0.05 s") as caught:
+            echo({"slow": True}, delay_s=1.0)
+        assert isinstance(caught.value, TimeoutError)
+        # The late reply to the timed-out request is never taken for the next one
+        # (which waits for the instance, still busy with the slow call).
+        assert client.request("ping", timeout=10)["pong"] is True
+        fast = {"data": {"fast": 1}, "params": {"delay_s": 0}}
+        assert client.request("process", fast, timeout=10, instance=echo.instance_id) == {"fast": 1}
+
+
+def test_per_call_timeout_overrides_the_client_default(echo_server: Served) -> None:
+    with nahual.Client(echo_server.address, timeout=10) as client:
+        echo = client.load("echo")
+        with pytest.raises(nahual.TimeoutError):
+            client.request("process", {"data": 1, "params": {"delay_s": 1.0}}, timeout=0.05, instance=echo.instance_id)
+        assert client.ping(timeout=10) > 0
+
+
+def test_connect_timeout_to_a_missing_socket(short_dir: Path) -> None:
+    with pytest.raises(nahual.TimeoutError, match="could not connect"):
+        nahual.Client(f"ipc://{short_dir / 'nobody.sock'}", timeout=Timeout(connect=0.01, request=10))
+
+
+def test_dead_server_gives_an_error_within_the_timeout(echo_server: Served) -> None:
+    with nahual.Client(echo_server.address, timeout=Timeout(connect=10, request=0.5)) as client:
+        client.ping()
+        echo_server.check_clean = False
+        echo_server.process.kill()
+        echo_server.process.wait(timeout=15)
+        with pytest.raises(TransportError):  # a timeout, or "connection reset" when nng noticed the death
+            client.ping()
+        with pytest.raises(TransportError):
+            client.ping()
+
+
+def test_server_dying_mid_request_gives_an_error(echo_server: Served) -> None:
+    with nahual.Client(echo_server.address, timeout=Timeout(connect=10, request=1.0)) as client:
+        echo = client.load("echo")
+        future = echo.submit({}, delay_s=30)
+        echo_server.check_clean = False
+        echo_server.process.kill()
+        with pytest.raises(TransportError):  # a timeout: nng cannot tell a dead peer from a slow one
+            future.result(timeout=15)
+
+
+def test_two_clients_at_once(echo_server: Served) -> None:
+    results: dict[int, list] = {}
+
+    def run(n: int) -> None:
+        with nahual.Client(echo_server.address, timeout=10) as client:
+            echo = client.load("echo")
+            results[n] = [echo(np.full(1000, n * 100 + i)) for i in range(10)]
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(results) == [0, 1]
+    for n, arrays in results.items():
+        assert [int(a[0]) for a in arrays] == [n * 100 + i for i in range(10)]
+
+
+def test_object_dtype_is_refused_before_sending(echo_server: Served, tmp_path: Path) -> None:
+    log = tmp_path / "calls"
+    with nahual.Client(echo_server.address, timeout=10) as client:
+        counter = client.load(COUNTER, log=str(log))
+        with pytest.raises(TypeError, match="cannot be sent"):
+            counter({"image": np.array([object()], dtype=object)})
+        with pytest.raises(TypeError):
+            counter({"when": {1, 2}})
+        assert counter({})["calls"] == 1  # nothing reached the model before
+    assert len(log.read_text().splitlines()) == 1
+
+
+def test_lifecycle_close_is_idempotent_and_reopen_raises(echo_server: Served) -> None:
+    client = nahual.Client(echo_server.address, timeout=10)
+    assert "open" in repr(client)
+    client.close()
+    client.close()
+    assert "closed" in repr(client)
+    with pytest.raises(NahualError, match="closed"):
+        client.open()
+    with pytest.raises(NahualError, match="closed"):
+        client.ping()
+
+
+def test_shutdown_stops_the_server_process(echo_server: Served) -> None:
+    with nahual.Client(echo_server.address, timeout=10) as client:
+        client.shutdown()
+    assert echo_server.process.wait(timeout=15) == 0
+    assert echo_server.socket_path is not None and not echo_server.socket_path.exists()
+
+
+def test_token_from_the_environment(serve: Callable[..., Served], monkeypatch: pytest.MonkeyPatch) -> None:
+    served = serve("--token", "from-cli")
+    monkeypatch.setenv("NAHUAL_TOKEN", "from-cli")
+    with nahual.Client(served.address, timeout=10) as client:
+        assert client.ping() > 0
+    monkeypatch.setenv("NAHUAL_TOKEN", "other")
+    with nahual.Client(served.address, timeout=10) as client, pytest.raises(nahual.AuthError):
+        client.ping()
+
+
+def test_seed_call_style(echo_server: Served) -> None:
+    from nahual.client.echo import load_model, process_data
+
+    described = load_model({"delay_s": 0}, address=echo_server.address)
+    assert described["model"] == "echo" and described["params"] == {"delay_s": 0}
+    image = np.arange(12, dtype=np.uint16).reshape(3, 4)
+    np.testing.assert_array_equal(process_data(image, address=echo_server.address), image)
+    with nahual.Client(echo_server.address, timeout=10) as client:
+        assert [i["id"] for i in client.info()["instances"]] == [described["instance"]]  # no second load

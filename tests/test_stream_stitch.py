@@ -1,0 +1,147 @@
+"""Stitching: a tiled run equals the whole-image run up to renumbering; the arithmetic underneath."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+zarr = pytest.importorskip("zarr")
+ome_v05 = pytest.importorskip("ome_zarr_models.v05")
+
+from stream_models import Blobs  # noqa: E402
+
+from nahual.stream import LocalModel, apply, finish, write_image  # noqa: E402
+from nahual.stream._stitch import Relabel, UnionFind, compact_labels, overlap_pairs  # noqa: E402
+
+
+def blobs(shape: tuple[int, ...], corners: int, seed: int, radius: tuple[int, int] = (3, 14)) -> np.ndarray:
+    """Random discs (balls) plus discs centred on the corners of a ``corners``-pixel grid."""
+    rng = np.random.default_rng(seed)
+    image = np.zeros(shape, np.float32)
+    grids = np.ogrid[tuple(slice(0, n) for n in shape[1:])]
+    for frame in image:
+        centres = [rng.integers(0, shape[1:]) for _ in range(40)]
+        centres += [np.array(c) for c in np.ndindex(*[n // corners + 1 for n in shape[1:]])]
+        for i, centre in enumerate(centres):
+            centre = centre if i < 40 else centre * corners
+            r = rng.integers(*radius)
+            frame[sum((g - c) ** 2 for g, c in zip(grids, centre)) <= r * r] = 1.0
+    return image
+
+
+def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two label images split the pixels the same way (background shared)."""
+    if not np.array_equal(a == 0, b == 0):
+        return False
+    pairs = np.unique(np.stack([a.ravel(), b.ravel()]), axis=1)
+    return pairs.shape[1] == np.unique(a).size == np.unique(b).size
+
+
+def labels_of(path, name):
+    return zarr.open_group(f"{path}/labels/{name}", mode="r")["0"][...]
+
+
+@pytest.fixture(scope="module")
+def model():
+    with LocalModel(Blobs) as handle:
+        yield handle
+
+
+def test_tiled_equals_whole_image_with_corner_crossing_objects(tmp_path, model):
+    path = write_image(tmp_path / "img.zarr", blobs((2, 600, 560), 256, seed=1), "tyx", chunks=(1, 128, 128))
+    tiled = apply(model, path, "tiled", tile="y=256,x=256", halo=48, progress=False)
+    whole = apply(model, path, "whole", tile="none", progress=False)
+    assert tiled["blocks"] == 2 * 3 * 3 and whole["blocks"] == 2
+    a, b = labels_of(path, "tiled"), labels_of(path, "whole")
+    assert same_partition(a, b)
+    assert tiled["final"]["merged"] > 0 and tiled["final"]["objects"] == whole["final"]["objects"]
+    assert np.array_equal(np.unique(a), np.arange(a.max() + 1))  # ids 1..N, unique across frames
+    assert not set(np.unique(a[0])[1:]) & set(np.unique(a[1])[1:])
+    group = zarr.open_group(str(path), mode="r")
+    ome_v05.Image.from_zarr(group)
+    ome_v05.ImageLabel.from_zarr(group["labels/tiled"])
+    assert group["labels/tiled/0"].dtype == np.uint32 and group["labels/tiled/0"].chunks == (1, 128, 128)
+    provenance = group["labels/tiled"].attrs["nahual"]
+    assert provenance["model"] == "blobs" and provenance["tile"] == {"y": 256, "x": 256} and provenance["halo"] == 48
+    assert provenance["input_shape"] == [2, 600, 560] and provenance["nahual_version"] and provenance["started"]
+
+
+def test_3d_tiles_stitch_like_the_whole_volume(tmp_path, model):
+    path = write_image(
+        tmp_path / "vol.zarr", blobs((1, 24, 60, 60), 20, seed=2, radius=(2, 5)), "tzyx", chunks=(1, 8, 20, 20)
+    )
+    apply(model, path, "tiled", tile="z=8,y=20,x=20", halo=6, progress=False)
+    apply(model, path, "whole", tile="none", progress=False)
+    assert same_partition(labels_of(path, "tiled"), labels_of(path, "whole"))
+
+
+def test_without_halo_objects_stay_cut(tmp_path, model):
+    path = write_image(tmp_path / "img.zarr", blobs((1, 200, 200), 64, seed=3), "tyx")
+    apply(model, path, "cut", tile="y=64,x=64", halo=0, progress=False)
+    apply(model, path, "whole", tile="none", progress=False)
+    a, b = labels_of(path, "cut"), labels_of(path, "whole")
+    assert np.array_equal(a == 0, b == 0) and np.unique(a).size > np.unique(b).size
+
+
+def test_finishing_twice_changes_nothing(tmp_path, model):
+    path = write_image(tmp_path / "img.zarr", blobs((1, 128, 128), 64, seed=4), "tyx")
+    first = apply(model, path, "seg", tile="y=64,x=64", halo=16, progress=False)["final"]
+    before = labels_of(path, "seg")
+    assert finish(path, "seg") == first
+    again = apply(model, path, "seg", tile="y=64,x=64", halo=16, progress=False)
+    assert again["processed"] == 0 and np.array_equal(labels_of(path, "seg"), before)
+
+
+def test_union_find_roots_are_smallest():
+    union = UnionFind()
+    union.union(9, 4)
+    union.union(4, 7)
+    union.union(12, 13)
+    assert union.merged() == {9: 4, 7: 4, 13: 12}
+    assert union.find(5) == 5
+
+
+def test_relabel_numbers_roots_in_order():
+    # block 0 uses ids 1..3 (offset 0), block 1 ids 101..102 (offset 100); 101 merges into 2
+    relabel = Relabel(np.array([0, 100]), np.array([3, 2]), {101: 2})
+    ids = np.array([[0, 1, 2, 3], [101, 102, 0, 2]])
+    np.testing.assert_array_equal(relabel(ids), [[0, 1, 2, 3], [2, 4, 0, 2]])
+    assert relabel.count == 4
+
+
+def test_overlap_pairs_ignore_slight_touches():
+    view = np.array([[5, 5, 5, 0], [5, 5, 5, 6]])
+    stored = np.array([[8, 8, 8, 9], [8, 8, 8, 9]])
+    assert overlap_pairs(view, stored).tolist() == [[5, 8], [6, 9]]
+    touching = np.array([[5, 5, 5, 5], [0, 0, 0, 0]])
+    other = np.array([[0, 0, 0, 9], [0, 0, 0, 9]])
+    assert overlap_pairs(touching, other, min_overlap=0.5).tolist() == [[5, 9]]
+    assert overlap_pairs(touching, other, min_overlap=0.6).tolist() == []
+
+
+def test_compact_labels_keeps_order():
+    local, values = compact_labels(np.array([0, 40, 7, 40, 0, 9]))
+    assert local.tolist() == [0, 3, 1, 3, 0, 2] and values.tolist() == [7, 9, 40]
+
+
+def test_ngff_04_store_gets_04_labels_that_stitch_the_same(tmp_path, model):
+    ome_v04 = pytest.importorskip("ome_zarr_models.v04")
+    path = str(tmp_path / "v2.zarr")
+    group = zarr.open_group(path, mode="w", zarr_format=2)
+    axes = [{"name": "t", "type": "time"}, {"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
+    group.attrs["multiscales"] = [
+        {
+            "version": "0.4",
+            "axes": axes,
+            "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0, 0.5, 0.5]}]}],
+        }
+    ]
+    group.create_array("0", shape=(1, 160, 160), chunks=(1, 64, 64), dtype="float32")[...] = blobs((1, 160, 160), 64, 9)
+    apply(model, path, "tiled", tile="y=64,x=64", halo=16, progress=False)
+    apply(model, path, "whole", tile="none", progress=False)
+    assert same_partition(labels_of(path, "tiled"), labels_of(path, "whole"))
+    reopened = zarr.open_group(path, mode="r")
+    ome_v04.Image.from_zarr(reopened)
+    ome_v04.ImageLabel.from_zarr(reopened["labels/tiled"])
+    assert reopened["labels/tiled/0"].metadata.zarr_format == 2
+    assert reopened["labels"].attrs["labels"] == ["tiled", "whole"]

@@ -1,0 +1,411 @@
+"""The Snakemake workflow, run for real with ``snakemake --cores 2`` in temporary copies of the repository.
+
+- the default config (catalog uv environments) on the demo data: every output
+  exists and is valid (OME-Zarr labels, GEFF, AnnData), segmentation and
+  tracking are accurate, pictures and the HTML report are made, nothing is
+  left running, a second run has nothing to do;
+- a run stopped halfway (Ctrl-C, or SIGKILL of snakemake alone) and started
+  again resumes without manual cleaning and gives the same outputs;
+- lint, dry runs of both profiles, and config errors that name the key.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+zarr = pytest.importorskip("zarr")
+pytest.importorskip("snakemake")
+
+from conftest import ROOT, wait_until  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+#: What a workflow copy needs from the repository.
+WORKFLOW_FILES = ("workflow", "rules", "profiles", "config.yaml", "config.deep-models.yaml")
+#: Seconds a whole workflow run may take on a loaded 2-core CI machine.
+RUN_TIMEOUT = 600
+STORE = "resources/demo.zarr"
+#: The same chain with every server in this interpreter (faster to start).
+CURRENT_ENV = {"models": {name: {"env": "current"} for name in ("threshold", "laptrack", "regionprops")}}
+
+
+def copy_workflow(dest: Path, overrides: dict | None = None) -> Path:
+    """A runnable copy of the workflow; ``overrides`` are merged into config.yaml (one level deep per model)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in WORKFLOW_FILES:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif source.exists():
+            shutil.copy(source, dest / name)
+    if overrides:
+        config = yaml.safe_load((dest / "config.yaml").read_text())
+        for key, value in overrides.items():
+            if key == "models":
+                for model, entry in value.items():
+                    config["models"].setdefault(model, {}).update(entry)
+            else:
+                config[key] = value
+        (dest / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return dest
+
+
+def snakemake_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "snakemake", *args]
+
+
+def run_snakemake(workdir: Path, *args: str, timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess:
+    """Run snakemake in ``workdir`` (its default profile applies) and return the finished process."""
+    return subprocess.run(
+        snakemake_cmd(*args), cwd=workdir, capture_output=True, text=True, timeout=timeout, env=snakemake_env(),
+        check=False,
+    )
+
+
+def snakemake_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("NAHUAL_TOKEN", None)
+    return env
+
+
+def processes_in(workdir: Path) -> list[tuple[int, str]]:
+    """(pid, command line) of every process whose working directory is ``workdir``."""
+    here, found = os.path.realpath(workdir), []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cwd = os.path.realpath(os.readlink(f"/proc/{entry}/cwd"))
+            if cwd == here or cwd.startswith(here + os.sep):
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                found.append((int(entry), cmdline.strip()))
+        except OSError:
+            continue
+    return found
+
+
+def stop_processes_in(workdir: Path) -> list[tuple[int, str]]:
+    """SIGKILL, by pid, whatever still runs in ``workdir``; returns what was found."""
+    left = processes_in(workdir)
+    for pid, _ in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return left
+
+
+def leftovers(workdir: Path) -> dict[str, list]:
+    """Server files, Snakemake locks and processes a finished run must not leave."""
+    servers = workdir / "results" / "servers"
+    locks = workdir / ".snakemake" / "locks"
+    return {
+        "server files": sorted(str(p) for p in servers.rglob("*") if p.is_file()) if servers.exists() else [],
+        "locks": sorted(os.listdir(locks)) if locks.exists() else [],
+        "processes": processes_in(workdir),
+    }
+
+
+def assert_nothing_left(workdir: Path) -> None:
+    wait_until(lambda: not processes_in(workdir), timeout=30, what=f"processes in {workdir} to exit")
+    assert leftovers(workdir) == {"server files": [], "locks": [], "processes": []}
+
+
+def object_f1(truth: np.ndarray, predicted: np.ndarray, iou: float = 0.5) -> float:
+    """F1 of object matching at IoU > ``iou`` (a match above 0.5 is unique by construction)."""
+    t, p = truth.ravel().astype(np.int64), predicted.ravel().astype(np.int64)
+    nt, np_ = int(t.max()) + 1, int(p.max()) + 1
+    overlap = np.bincount(t * np_ + p, minlength=nt * np_).reshape(nt, np_)
+    union = overlap.sum(1)[:, None] + overlap.sum(0)[None, :] - overlap
+    matches = int((overlap / np.maximum(union, 1))[1:, 1:].__gt__(iou).sum())
+    n_truth, n_pred = len(np.unique(t)) - 1, len(np.unique(p)) - 1
+    return 2 * matches / max(n_truth + n_pred, 1)
+
+
+def tracking_graph(store: Path, name: str):
+    """A traccuracy graph of the GEFF tracks ``name`` with the label image they link to."""
+    import networkx as nx
+    from traccuracy import TrackingGraph
+
+    from nahual.stream import read_tracks
+
+    nodes, edges, meta = read_tracks(store, name)
+    labels_path = os.path.normpath(os.path.join(store, "tracks", name, meta["related_objects"][0]["path"]))
+    masks = zarr.open_group(labels_path, mode="r")["0"][...]
+    graph = nx.DiGraph()
+    for i, node in enumerate(nodes["id"].tolist()):
+        graph.add_node(node, t=int(nodes["t"][i]), segmentation_id=int(nodes["seg_id"][i]),
+                       y=float(nodes["y"][i]), x=float(nodes["x"][i]))
+    graph.add_edges_from(map(tuple, edges.tolist()))
+    return TrackingGraph(graph, segmentation=masks, location_keys=("y", "x"))
+
+
+def outputs_of(store: Path) -> dict[str, np.ndarray]:
+    """The workflow's outputs in a store, as arrays to compare between runs."""
+    from nahual.stream import read_tracks
+
+    group = zarr.open_group(store, mode="r")
+    out = {f"labels/{name}": group[f"labels/{name}/0"][...] for name in ("nuclei", "tracks")}
+    nodes, edges, _ = read_tracks(store, "tracks")
+    order = np.argsort(nodes["id"])
+    out.update({f"tracks/{key}": values[order] for key, values in nodes.items()})
+    out["tracks/edges"] = np.array(sorted(map(tuple, edges.tolist())))
+    import anndata
+
+    table = anndata.io.read_elem(group["tables/features"])
+    out["tables/features/X"] = np.asarray(table.X)
+    out["tables/features/obs"] = table.obs[["label", "t"]].to_numpy()
+    return out
+
+
+# ---------------------------------------------------------------- the default workflow
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    """``snakemake --cores 2`` on the default config (catalog uv environments), in a copy."""
+    workdir = copy_workflow(tmp_path_factory.mktemp("default") / "wf")
+    try:
+        result = run_snakemake(workdir, "--cores", "2")
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        yield workdir
+    finally:
+        stop_processes_in(workdir)
+
+
+def test_default_run_leaves_no_server_socket_lock_or_process(default_run):
+    assert_nothing_left(default_run)
+    logs = sorted((default_run / "logs" / "serve_model").rglob("*.log"))
+    assert [p.relative_to(default_run / "logs").as_posix() for p in logs] == [
+        "serve_model/features/0.log", "serve_model/nuclei/0.log", "serve_model/tracks/0.log",
+    ]
+
+
+def test_default_run_servers_ran_in_the_catalog_uv_environments(default_run):
+    for model in ("threshold", "laptrack", "regionprops"):
+        ready = (default_run / "results" / "envs" / f"{model}.txt").read_text()
+        assert f"envs/{model}/.venv/bin/python" in ready, ready
+
+
+def test_default_run_writes_valid_ome_zarr_labels_geff_and_anndata(default_run):
+    import anndata
+    import geff
+    from ome_zarr_models.v05 import Image, ImageLabel
+
+    store = default_run / STORE
+    group = zarr.open_group(store, mode="r")
+    image = Image.from_zarr(group)
+    assert image.labels is not None
+    assert {"nuclei", "tracks", "ground_truth"} <= set(group["labels"].attrs["ome"]["labels"])
+    for name in ("nuclei", "tracks"):
+        ImageLabel.from_zarr(group[f"labels/{name}"])
+        labels = group[f"labels/{name}/0"]
+        assert labels.dtype == np.uint32 and labels.shape == (8, 256, 256)
+    geff.validate_structure(str(store / "tracks" / "tracks"))
+    table = anndata.io.read_elem(group["tables/features"])
+    nuclei = group["labels/nuclei/0"][...]
+    assert table.n_obs == sum(len(np.unique(frame)) - 1 for frame in nuclei)
+    assert {"label", "t"} <= set(table.obs.columns) and table.n_vars > 0
+    for step in ("nuclei", "tracks", "features"):
+        assert (default_run / "results" / "demo" / f"{step}.done").exists()
+
+
+def test_default_run_segments_and_tracks_the_demo_accurately(default_run):
+    from traccuracy import run_metrics
+    from traccuracy.matchers import CTCMatcher, IOUMatcher
+    from traccuracy.metrics import CTCMetrics, DivisionMetrics
+
+    store = default_run / STORE
+    group = zarr.open_group(store, mode="r")
+    truth, nuclei = group["labels/ground_truth/0"][...], group["labels/nuclei/0"][...]
+    scores = [object_f1(t, p) for t, p in zip(truth, nuclei)]
+    assert np.mean(scores) >= 0.9 and min(scores) >= 0.8, scores
+    named = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for matcher, metric in ((CTCMatcher(), CTCMetrics()), (IOUMatcher(iou_threshold=0.5, one_to_one=True), DivisionMetrics())):
+            results, _ = run_metrics(tracking_graph(store, "ground_truth"), tracking_graph(store, "tracks"), matcher, [metric])
+            named.update({r["metric"]["name"]: r["results"] for r in results})
+    assert named["CTCMetrics"]["TRA"] >= 0.95, named["CTCMetrics"]
+    assert named["DivisionMetrics"]["Frame Buffer 0"]["Division F1"] >= 0.5, named["DivisionMetrics"]
+
+
+def test_default_run_draws_the_report_pictures_and_the_html_report(default_run):
+    pictures = default_run / "results" / "demo" / "report"
+    for name in ("outlines", "tracks", "summary"):
+        data = (pictures / f"{name}.png").read_bytes()
+        assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000, name
+    result = run_snakemake(default_run, "--report", "report.html", timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    html = (default_run / "report.html").read_text(errors="replace")
+    assert "outlines.png" in html and "tracks.png" in html and "summary.png" in html
+
+
+def test_a_second_run_has_nothing_to_do(default_run):
+    result = run_snakemake(default_run, "--cores", "2", "-n", timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+# ---------------------------------------------------------------- interrupted runs
+
+
+def start_and_stop_halfway(workdir: Path, stop: signal.Signals, whole_group: bool) -> None:
+    """Start ``snakemake --cores 2``, wait for the first recorded block of the segmentation, send ``stop``."""
+    blocks = workdir / STORE / ".nahual" / "nuclei" / "blocks"
+    with open(workdir / "first-run.log", "w") as log:
+        process = subprocess.Popen(
+            snakemake_cmd("--cores", "2"), cwd=workdir, env=snakemake_env(),
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        wait_until(lambda: blocks.is_dir() and any(blocks.glob("*.json")) or process.poll() is not None,
+                   timeout=RUN_TIMEOUT, what="the first block of the segmentation")
+        assert process.poll() is None, (workdir / "first-run.log").read_text()[-3000:]
+        if whole_group:  # Ctrl-C in a terminal: SIGINT to the whole foreground process group
+            os.killpg(process.pid, stop)
+        else:
+            os.kill(process.pid, stop)
+        process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode != 0
+    assert not (workdir / "results" / "demo" / "features.done").exists() or not (
+        workdir / "results" / "demo" / "tracks.done"
+    ).exists(), "the first run finished before it was stopped"
+
+
+def recorded_blocks(workdir: Path) -> dict[str, int]:
+    """Block records of the segmentation and their mtimes (ns)."""
+    blocks = workdir / STORE / ".nahual" / "nuclei" / "blocks"
+    return {p.name: p.stat().st_mtime_ns for p in blocks.glob("*.json")}
+
+
+def test_ctrl_c_leaves_nothing_and_the_rerun_resumes_to_the_same_outputs(default_run, tmp_path):
+    workdir = copy_workflow(tmp_path / "wf")
+    try:
+        start_and_stop_halfway(workdir, signal.SIGINT, whole_group=True)
+        assert_nothing_left(workdir)
+        before = recorded_blocks(workdir)
+        assert before
+        result = run_snakemake(workdir, "--cores", "2")
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    finally:
+        stop_processes_in(workdir)
+    after = recorded_blocks(workdir)
+    assert {name: after.get(name) for name in before} == before, "finished blocks were computed again"
+    assert_same_outputs(workdir, default_run)
+    assert_nothing_left(workdir)
+
+
+def test_a_killed_snakemake_needs_no_unlock_and_the_rerun_resumes(default_run, tmp_path):
+    workdir = copy_workflow(tmp_path / "wf")
+    try:
+        start_and_stop_halfway(workdir, signal.SIGKILL, whole_group=False)
+        # its servers follow it (--parent); the lock it held stays
+        wait_until(lambda: not [p for p in processes_in(workdir) if "nahual serve" in p[1]], timeout=60,
+                   what="the servers of the killed snakemake to exit")
+        assert os.listdir(workdir / ".snakemake" / "locks")
+        result = run_snakemake(workdir, "--cores", "2")
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert "removed the lock" in result.stderr
+    finally:
+        stop_processes_in(workdir)
+    assert_same_outputs(workdir, default_run)
+
+
+def test_a_failed_consumer_leaves_no_server_socket_lock_or_process(tmp_path):
+    workdir = copy_workflow(tmp_path / "wf", {**CURRENT_ENV, "images": {"demo": {"path": STORE, "channel": 7}}})
+    try:
+        result = run_snakemake(workdir, "--cores", "2")
+    finally:
+        stop_processes_in(workdir)
+    assert result.returncode != 0
+    assert "--channel 7 does not exist" in result.stdout + result.stderr
+    assert_nothing_left(workdir)
+    assert not (workdir / "results" / "demo" / "nuclei").exists() or not any((workdir / "results" / "demo" / "nuclei").iterdir())
+
+
+def assert_same_outputs(workdir: Path, reference: Path) -> None:
+    mine, theirs = outputs_of(workdir / STORE), outputs_of(reference / STORE)
+    assert sorted(mine) == sorted(theirs)
+    for key in mine:
+        np.testing.assert_array_equal(mine[key], theirs[key], err_msg=key)
+
+
+# ---------------------------------------------------------------- checks without running
+
+
+def test_lint_finds_nothing_but_the_missing_conda_environments(tmp_path):
+    # Rules run the nahual CLI of the orchestrator's environment; each model runs
+    # in its own environment through nahual's launcher, not a rule's conda/container.
+    workdir = copy_workflow(tmp_path / "wf")
+    result = run_snakemake(workdir, "--lint", timeout=120)
+    lints = [line.strip() for line in (result.stdout + result.stderr).splitlines() if line.strip().startswith("* ")]
+    assert lints and set(lints) == {"* Specify a conda environment or container for each rule.:"}, lints
+
+
+def test_dry_run_of_the_slurm_profile_plans_one_group_job_per_server(tmp_path):
+    workdir = copy_workflow(tmp_path / "wf", {"models": {"threshold": {"instances": 2}}, "streaming": {"shards": 4}})
+    result = run_snakemake(workdir, "--workflow-profile", "profiles/slurm", "-n", timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout + result.stderr
+    for rule in ("demo_data", "env_prepare", "serve_model", "segment_apply", "segment_stitch",
+                 "track_apply", "measure_apply", "report_figures"):
+        assert f"rule {rule}" in out, rule
+    # one per server: two for nuclei (4 shards dealt over 2 instances), tracks, features
+    assert out.count("Group job nahual") == 4
+    assert out.count("rule segment_apply") == 4 and out.count("rule serve_model") == 4
+    for batch in (0, 1):
+        assert f"--server ipc://results/servers/nuclei/{batch}.sock" in out
+
+
+def test_dry_run_of_the_deep_models_config(tmp_path):
+    workdir = copy_workflow(tmp_path / "wf")
+    result = run_snakemake(workdir, "--configfile", "config.deep-models.yaml", "-n", timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+@pytest.mark.parametrize(
+    ("change", "messages"),
+    [
+        ({"streaming": {"tilee": 3}}, ["'tilee' was unexpected", "On instance['streaming']"]),
+        ({"streaming": {"shards": "two"}}, ["'two' is not of type 'integer'", "On instance['streaming']['shards']"]),
+        ({"models": {"threshold": {"instances": 0}}},
+         ["0 is less than the minimum of 1", "On instance['models']['threshold']['instances']"]),
+        ({"models": {"threshold": {"env": "conda:x"}}}, ["'conda:x' does not match", "['threshold']['env']"]),
+        ({"chain": [{"name": "nuclei", "model": "thresh"}]}, ["config error at chain[0].model: 'thresh' is not a key"]),
+        ({"chain": [{"name": "t", "model": "laptrack", "input": "nuclei"}]}, ["config error at chain[0].input"]),
+        ({"images": {"other": "missing.zarr"}}, ["config error at images.other: 'missing.zarr' does not exist"]),
+    ],
+)
+def test_bad_config_fails_with_a_message_naming_the_key(tmp_path, change, messages):
+    workdir = copy_workflow(tmp_path / "wf")
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    merge(config, change)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    result = run_snakemake(workdir, "-n", timeout=120)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    for message in messages:
+        assert message in output, output[-3000:]
+
+
+def merge(into: dict, change: dict) -> None:
+    for key, value in change.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            merge(into[key], value)
+        else:
+            into[key] = value

@@ -1,0 +1,97 @@
+"""The default workflow through the Snakemake Slurm executor, on a real single-node Slurm cluster.
+
+The cluster is the one ``.ci/setup-slurm.sh`` starts (CI runs it before the
+tests). If it is installed but not running, this module starts it as root and
+stops it afterwards; where Slurm is not installed or cannot start, the test
+skips and says why.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+zarr = pytest.importorskip("zarr")
+pytest.importorskip("snakemake_executor_plugin_slurm")
+
+from conftest import ROOT, wait_until  # noqa: E402
+from test_workflow import (  # noqa: E402
+    STORE,
+    assert_nothing_left,
+    copy_workflow,
+    object_f1,
+    run_snakemake,
+    stop_processes_in,
+)
+
+pytestmark = pytest.mark.slow
+
+SETUP = ROOT / ".ci" / "setup-slurm.sh"
+
+
+def cluster_answers() -> bool:
+    return subprocess.run(["bash", str(SETUP), "status"], capture_output=True, timeout=60, check=False).returncode == 0
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster():
+    """A running single-node cluster; started (and stopped) here only if installed but not running."""
+    if cluster_answers():
+        yield
+        return
+    if shutil.which("sbatch") is None or shutil.which("slurmctld") is None:
+        pytest.skip("Slurm is not installed here (sbatch/slurmctld missing); `sudo bash .ci/setup-slurm.sh` installs it")
+    if os.geteuid() != 0:
+        pytest.skip("Slurm is installed but not running, and starting its daemons needs root")
+    started = subprocess.run(["bash", str(SETUP)], capture_output=True, text=True, timeout=300, check=False)
+    if started.returncode != 0:
+        pytest.skip(f"the Slurm cluster could not start: {started.stderr.strip()[-500:]}")
+    try:
+        yield
+    finally:
+        subprocess.run(["bash", str(SETUP), "stop"], capture_output=True, timeout=120, check=False)
+
+
+def queued_jobs() -> set[str]:
+    """Ids of the jobs in the Slurm queue."""
+    out = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, timeout=30, check=False)
+    return set(out.stdout.split())
+
+
+def test_default_workflow_runs_through_the_slurm_executor(slurm_cluster, tmp_path):
+    workdir = copy_workflow(tmp_path / "wf")
+    before = queued_jobs()
+    try:
+        result = run_snakemake(
+            workdir, "--workflow-profile", "profiles/slurm",
+            "--slurm-no-account", "--slurm-init-seconds-before-status-checks", "5", "--latency-wait", "60",
+        )
+        assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+        wait_until(lambda: not queued_jobs() - before, timeout=60, what="the jobs of the run to leave the queue")
+        assert_nothing_left(workdir)
+    finally:
+        mine = sorted(queued_jobs() - before)
+        if mine:
+            subprocess.run(["scancel", *mine], capture_output=True, timeout=30, check=False)
+        stop_processes_in(workdir)
+
+    # one sbatch per group job (a server with its consumers), and one per other cluster job
+    out = result.stdout + result.stderr
+    submitted = [line for line in out.splitlines() if "has been submitted with SLURM jobid" in line]
+    groups = [line for line in submitted if "group_nahual_" in line]
+    assert len(groups) == 3, submitted  # servers of nuclei, tracks, features
+    assert any("rule_segment_stitch" in line for line in submitted) and any("rule_report_figures" in line for line in submitted)
+
+    group = zarr.open_group(workdir / STORE, mode="r")
+    truth, nuclei = group["labels/ground_truth/0"][...], group["labels/nuclei/0"][...]
+    assert np.mean([object_f1(t, p) for t, p in zip(truth, nuclei)]) >= 0.9
+    assert "tracks" in group["tracks"] and "features" in group["tables"]
+    for name in ("outlines", "tracks", "summary"):
+        assert (workdir / "results" / "demo" / "report" / f"{name}.png").stat().st_size > 10_000
+    for log in ("serve_model/nuclei/0.log", "segment_apply/demo/nuclei/shard0-of-2.log"):
+        assert (workdir / "logs" / log).exists(), log
+    assert (workdir / "results" / "demo" / "tracks.done").exists()
