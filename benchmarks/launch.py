@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from nahual.launch import NixEnv, UvEnv, launch
+from nahual.launcher import NixEnv, UvEnv, launch
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from nahual.launch import launch
+from nahual.launcher import launch
 from nahual.stream import LocalModel, Worker, apply, write_image
 
 MODEL = "nahual.models.threshold:Threshold"

@@ -22,7 +22,7 @@ from .errors import (
     TimeoutError,
     TransportError,
 )
-from .launch import launch  # noqa: E402 - the function shadows the subpackage on purpose
+from .launcher import ServerProcess, launch
 from .model import Contract, Model
 
 try:
@@ -44,6 +44,7 @@ __all__ = [
     "ProtocolError",
     "RemoteError",
     "Server",
+    "ServerProcess",
     "Timeout",
     "TimeoutError",
     "TransportError",

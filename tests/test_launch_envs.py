@@ -8,7 +8,6 @@ under test. tests/flakes/python is a flake with no inputs, used through a
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import shutil
@@ -22,7 +21,7 @@ import pytest
 from conftest import wait_until
 
 from nahual.errors import LaunchError
-from nahual.launch import NixEnv, UvEnv, launch, parse_env_spec
+from nahual.launcher import NixEnv, UvEnv, launch, parse_env_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 ENVS = ROOT / "tests" / "envs"
@@ -94,7 +93,7 @@ def test_a_synced_environment_is_not_synced_again(monkeypatch: pytest.MonkeyPatc
     env.prepare()
     assert env.is_synced()
     calls: list[list[str]] = []
-    backends = importlib.import_module("nahual.launch._backends")  # nahual.launch is also the function
+    from nahual.launcher import _backends as backends
     monkeypatch.setattr(backends, "run_tool", lambda argv, what, env=None: calls.append(argv))
     env.prepare()
     assert calls == []

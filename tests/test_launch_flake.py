@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from nahual.launch import NixEnv, UvEnv, launch
+from nahual.launcher import NixEnv, UvEnv, launch
 
 ROOT = Path(__file__).resolve().parent.parent
 NIXPKGS = "github:NixOS/nixpkgs/nixos-unstable"

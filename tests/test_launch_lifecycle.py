@@ -21,8 +21,8 @@ import pytest
 from conftest import wait_until
 
 from nahual.errors import LaunchError
-from nahual.launch import ServerProcess, State, launch
-from nahual.launch._handle import log_tail
+from nahual.launcher import ServerProcess, State, launch
+from nahual.launcher._handle import log_tail
 
 DEADLINE = 15.0
 
@@ -186,7 +186,7 @@ def test_a_server_that_died_after_start_is_reported_and_cleaned(runtime: Path) -
 PARENT = textwrap.dedent(
     """
     import gc, json, sys, time
-    from nahual.launch import launch
+    from nahual.launcher import launch
     mode = sys.argv[1]
     if mode == "with-exception":
         with launch("current", timeout=30) as server:

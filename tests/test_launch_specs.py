@@ -5,7 +5,6 @@ Nothing here starts a server; see test_launch_lifecycle.py and test_launch_envs.
 
 from __future__ import annotations
 
-import importlib
 import os
 import shutil
 import stat
@@ -16,7 +15,7 @@ import pytest
 
 from nahual.cli import main
 from nahual.errors import ConfigError, LaunchError
-from nahual.launch import (
+from nahual.launcher import (
     ApptainerEnv,
     CmdEnv,
     CurrentEnv,
@@ -28,7 +27,7 @@ from nahual.launch import (
     private_ipc_address,
     runtime_dir,
 )
-from nahual.launch._api import serve_args
+from nahual.launcher._api import serve_args
 
 
 @pytest.fixture(autouse=True)
@@ -192,7 +191,7 @@ def test_env_prepare_of_an_unavailable_env_fails_in_one_line(
 
 
 def test_the_launch_package_exports_what_it_declares() -> None:
-    package = importlib.import_module("nahual.launch")  # nahual.launch, the attribute, is the function
+    import nahual.launcher as package
     assert sorted(package.__all__) == sorted(set(package.__all__))
     for name in package.__all__:
         assert getattr(package, name) is not None

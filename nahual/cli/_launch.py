@@ -33,7 +33,7 @@ def register(subparsers: Any) -> None:
 
 def run_envs(args: argparse.Namespace) -> int:
     """Print one line per backend kind, or per SPEC given."""
-    from ..launch import BACKENDS, parse_env_spec
+    from ..launcher import BACKENDS, parse_env_spec
 
     if not args.specs:
         for kind, cls in BACKENDS.items():
@@ -51,7 +51,7 @@ def run_envs(args: argparse.Namespace) -> int:
 def run_prepare(args: argparse.Namespace) -> int:
     """Prepare one environment and print how Python runs in it."""
     from ..errors import LaunchError
-    from ..launch import UvEnv, parse_env_spec
+    from ..launcher import UvEnv, parse_env_spec
 
     backend = parse_env_spec(args.spec)
     ok, why = backend.available()

@@ -60,7 +60,7 @@ def run_serve(args: argparse.Namespace) -> int:
     """Serve until SIGTERM/SIGINT/shutdown; with ``--env`` re-execute inside that environment."""
     preloads = _parse_preloads(args.preload, args.params)
     if args.env != "current":
-        from ..launch import exec_server
+        from ..launcher import exec_server
 
         if args.token:
             os.environ["NAHUAL_TOKEN"] = args.token  # not on the command line, where ps shows it

@@ -36,7 +36,7 @@ class _Remote:
             self._launch()
 
     def _launch(self) -> None:
-        from ..launch import launch
+        from ..launcher import launch
 
         self.server = launch(self.env, preload=self.model, params=self.params, timeout=self.timeout)
         self.address = self.server.address
