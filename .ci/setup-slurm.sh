@@ -8,8 +8,9 @@
 # Needs root and apt-get (Debian/Ubuntu), no systemd. Idempotent: a second run
 # only checks. The daemons listen on the loopback address. The node declares
 # at least 4 CPUs and 16 GB (SlurmdParameters=config_overrides, testing only)
-# so that group jobs fit on a 2-core CI machine. Where it cannot work, it prints
-# the reason and exits non-zero.
+# so that group jobs fit on a 2-core CI machine, and two fake GPUs (device
+# files /dev/nahual-gpu0,1) where mknod is allowed. Where it cannot work, it
+# prints the reason and exits non-zero.
 set -euo pipefail
 
 STATE=/run/nahual-slurm            # pid files of what this script started
@@ -96,6 +97,20 @@ if [ -f "$CONF" ] && ! grep -qF "$MARK" "$CONF"; then
     fail "$CONF exists and was not written by this script; not touching it"
 fi
 mkdir -p /etc/slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm /run/slurm
+
+# Two fake GPUs (character devices) so that gpu requests can be scheduled and
+# checked; left out where mknod is not allowed.
+GRES_TYPES="" NODE_GRES=""
+for i in 0 1; do
+    [ -e "/dev/nahual-gpu$i" ] || mknod "/dev/nahual-gpu$i" c 195 "$i" 2>/dev/null || break
+done
+if [ -e /dev/nahual-gpu0 ] && [ -e /dev/nahual-gpu1 ]; then
+    GRES_TYPES="GresTypes=gpu" NODE_GRES="Gres=gpu:2"
+    printf '%s\nName=gpu File=/dev/nahual-gpu[0-1]\n' "$MARK" > /etc/slurm/gres.conf
+else
+    echo "setup-slurm: mknod not allowed: the node has no (fake) GPUs"
+    rm -f /etc/slurm/gres.conf
+fi
 cat > "$CONF" <<EOF
 $MARK
 ClusterName=nahual-ci
@@ -123,7 +138,8 @@ JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 MinJobAge=300
 SlurmdParameters=config_overrides
-NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=16000 State=UNKNOWN
+$GRES_TYPES
+NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=16000 $NODE_GRES State=UNKNOWN
 PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
 EOF
 
@@ -143,4 +159,4 @@ if ! wait_for 60 "an idle node" cluster_idle; then
     scontrol update NodeName="$HOST" State=RESUME >/dev/null 2>&1 || true
     wait_for 30 "an idle node" cluster_idle || fail "the node did not become idle: $(sinfo 2>&1 | tail -2)"
 fi
-echo "setup-slurm: cluster nahual-ci up: node $HOST, $CPUS CPUs, partition debug"
+echo "setup-slurm: cluster nahual-ci up: node $HOST, $CPUS CPUs, ${NODE_GRES:-no GPUs}, partition debug"

@@ -1,9 +1,10 @@
 """Shared fixtures: short private ipc directories, deadline polling and real server processes.
 
 ``serve(*args, address=None, env=None)`` starts ``python -m nahual serve ADDRESS
---ready-file FILE *args`` in its own process group, waits (with a deadline) for
-the ready file and returns a :class:`Served`; ``address, process = served``
-works. At teardown every server still running gets SIGTERM, then SIGKILL, by
+--ready-file FILE --parent PYTEST_PID *args`` in its own process group, waits
+(with a deadline) for the ready file and returns a :class:`Served`;
+``address, process = served`` works. ``--parent`` makes servers exit even when
+the test run is killed before its teardown. At teardown every server still running gets SIGTERM, then SIGKILL, by
 pid; a server that was meant to stop cleanly must have exited 0 and removed
 its socket and ready files.
 """
@@ -18,9 +19,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -127,7 +129,12 @@ class _ServerFactory:
         address = address or f"ipc://{self.directory / name}.sock"
         ready_file = self.directory / f"{name}.ready"
         log = self.directory / f"{name}.log"
-        command = [sys.executable, "-m", "nahual", "serve", address, "--ready-file", str(ready_file), *args]
+        # --parent: a server outlives no test run, even one killed before its teardown
+        # (later args win, so a test may pass its own --parent).
+        command = [
+            sys.executable, "-m", "nahual", "serve", address, "--ready-file", str(ready_file),
+            "--parent", str(os.getpid()), *args,
+        ]  # fmt: skip
         with open(log, "wb") as out:
             process = subprocess.Popen(
                 command, stdout=out, stderr=subprocess.STDOUT, env=subprocess_env(env), start_new_session=True

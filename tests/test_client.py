@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -55,9 +55,8 @@ def test_map_spreads_over_replicas_in_order(echo_server: Served) -> None:
 
 @pytest.mark.parametrize("inflight", [0, 65])
 def test_map_refuses_bad_inflight(echo_server: Served, inflight: int) -> None:
-    with nahual.Client(echo_server.address, timeout=10) as client:
-        with pytest.raises(ValueError, match="inflight"):
-            list(client.load("echo").map([1], inflight=inflight))
+    with nahual.Client(echo_server.address, timeout=10) as client, pytest.raises(ValueError, match="inflight"):
+        list(client.load("echo").map([1], inflight=inflight))
 
 
 def test_map_raises_the_remote_error(echo_server: Served) -> None:
@@ -69,7 +68,7 @@ def test_map_raises_the_remote_error(echo_server: Served) -> None:
 
 def test_request_timeout_fires_on_delay_and_the_client_recovers(echo_server: Served) -> None:
     with nahual.Client(echo_server.address, timeout=Timeout(connect=10, request=0.05)) as client:
-        echo = client.load("echo", delay_s=0)  # fast enough for 50 ms
+        echo = nahual.ModelHandle(client, client.request("load", {}, timeout=10, model="echo"))
         with pytest.raises(nahual.TimeoutError, match="within 0.05 s") as caught:
             echo({"slow": True}, delay_s=1.0)
         assert isinstance(caught.value, TimeoutError)
@@ -95,7 +94,7 @@ def test_connect_timeout_to_a_missing_socket(short_dir: Path) -> None:
 
 def test_dead_server_gives_an_error_within_the_timeout(echo_server: Served) -> None:
     with nahual.Client(echo_server.address, timeout=Timeout(connect=10, request=0.5)) as client:
-        client.ping()
+        client.ping(timeout=10)
         echo_server.check_clean = False
         echo_server.process.kill()
         echo_server.process.wait(timeout=15)
@@ -107,7 +106,7 @@ def test_dead_server_gives_an_error_within_the_timeout(echo_server: Served) -> N
 
 def test_server_dying_mid_request_gives_an_error(echo_server: Served) -> None:
     with nahual.Client(echo_server.address, timeout=Timeout(connect=10, request=1.0)) as client:
-        echo = client.load("echo")
+        echo = nahual.ModelHandle(client, client.request("load", {}, timeout=10, model="echo"))
         future = echo.submit({}, delay_s=30)
         echo_server.check_clean = False
         echo_server.process.kill()

@@ -12,8 +12,8 @@ from nahual._config import DEFAULT_TIMEOUT, Timeout, parse_timeout
 
 PUBLIC = {
     "AuthError", "Client", "ConfigError", "Contract", "ContractError", "LaunchError", "Model", "ModelHandle",
-    "NahualError", "ProtocolError", "RemoteError", "Server", "Timeout", "TimeoutError", "TransportError",
-    "__version__", "launch",
+    "NahualError", "ProtocolError", "RemoteError", "Server", "ServerProcess", "Timeout", "TimeoutError",
+    "TransportError", "__version__", "launch",
 }  # fmt: skip
 
 
@@ -52,14 +52,15 @@ def test_error_tree() -> None:
 
 def test_remote_error_carries_the_remote_details() -> None:
     error = nahual.RemoteError("ValueError", "bad input", "Traceback ...", "process", 17)
-    assert (error.remote_type, error.remote_message, error.remote_traceback) == ("ValueError", "bad input", "Traceback ...")
+    assert (error.remote_type, error.remote_message) == ("ValueError", "bad input")
+    assert error.remote_traceback == "Traceback ..."
     assert (error.operation, error.request_id) == ("process", 17)
     assert str(error) == "ValueError in 'process': bad input"
     assert str(nahual.RemoteError("KeyError", "x")) == "KeyError: x"
 
 
 def test_default_timeout_is_finite() -> None:
-    assert DEFAULT_TIMEOUT == Timeout(connect=5.0, request=60.0, startup=60.0)
+    assert Timeout(connect=5.0, request=60.0, startup=60.0) == DEFAULT_TIMEOUT
     assert all(value is not None and value > 0 for value in (DEFAULT_TIMEOUT.connect, DEFAULT_TIMEOUT.request))
     with pytest.raises(AttributeError):
         DEFAULT_TIMEOUT.request = 1.0  # type: ignore[misc]  # frozen

@@ -23,12 +23,13 @@ MESSAGES = 3000
 def seeds(instance: str) -> list[bytes]:
     """Valid requests to mutate (none that sleeps, unloads or shuts down)."""
     image = np.arange(60, dtype=">u2").reshape(6, 10)
+    process = {"op": "process", "instance": instance}
     made = [
         protocol.encode(Kind.REQUEST, 11, {"op": "ping"}),
         protocol.encode(Kind.REQUEST, 12, {"op": "load", "model": "echo", "replica": 0}, {}),
-        protocol.encode(Kind.REQUEST, 13, {"op": "process", "instance": instance}, {"data": {"image": image, "axes": "yx"}, "params": {}}),
-        protocol.encode(Kind.REQUEST, 14, {"op": "process", "instance": instance}, {"data": [np.zeros(3, np.complex64), "x", 1.5, None], "params": {}}),
-    ]  # fmt: skip
+        protocol.encode(Kind.REQUEST, 13, process, {"data": {"image": image, "axes": "yx"}, "params": {}}),
+        protocol.encode(Kind.REQUEST, 14, process, {"data": [np.zeros(3, np.complex64), "x", 1.5], "params": {}}),
+    ]
     return [bytes(message) for message in made]
 
 

@@ -7,13 +7,13 @@ import socket
 import threading
 import time
 import tracemalloc
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import pynng
-from pynng import _nng
 import pytest
+from pynng import _nng
 
 import nahual
 from nahual._protocol import Kind, decode, plan
@@ -162,7 +162,7 @@ def test_closing_the_reply_socket_wakes_blocked_receivers(ipc_address: Callable[
     def receive() -> None:
         try:
             channel.recv(timeout=None)
-        except BaseException as exc:  # noqa: BLE001 - recorded for the assertion
+        except BaseException as exc:
             errors.append(exc)
 
     thread = threading.Thread(target=receive)

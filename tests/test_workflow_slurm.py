@@ -9,6 +9,7 @@ skips and says why.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 
@@ -62,8 +63,28 @@ def queued_jobs() -> set[str]:
     return set(out.stdout.split())
 
 
+def cluster_gpus() -> bool:
+    """Whether the node offers GPUs (setup-slurm.sh adds two fake ones where mknod is allowed)."""
+    out = subprocess.run(["sinfo", "-h", "-o", "%G"], capture_output=True, text=True, timeout=30, check=False)
+    return "gpu" in out.stdout
+
+
+def job_tres(jobid: str) -> str:
+    """The trackable resources Slurm allocated to a (recent) job."""
+    out = subprocess.run(["scontrol", "show", "job", jobid], capture_output=True, text=True, timeout=30, check=False)
+    return " ".join(word for word in out.stdout.split() if word.startswith(("TRES=", "AllocTRES=", "TresPerJob=")))
+
+
+def submitted_jobid(lines: list[str], log_folder: str) -> str:
+    line = next(line for line in lines if f"/{log_folder}/" in line)
+    return re.search(r"SLURM jobid (\d+)", line).group(1)
+
+
 def test_default_workflow_runs_through_the_slurm_executor(slurm_cluster, tmp_path):
-    workdir = copy_workflow(tmp_path / "wf")
+    gpus = cluster_gpus()
+    # where the node has (fake) GPUs, the segmentation server asks for one, as a deep model's would
+    workdir = copy_workflow(tmp_path / "wf", {"models": {"threshold": {"resources": {
+        "threads": 1, "mem_mb": 2000, "runtime": 30, "gpu": 1 if gpus else 0}}}})
     before = queued_jobs()
     try:
         result = run_snakemake(
@@ -85,6 +106,9 @@ def test_default_workflow_runs_through_the_slurm_executor(slurm_cluster, tmp_pat
     groups = [line for line in submitted if "group_nahual_" in line]
     assert len(groups) == 3, submitted  # servers of nuclei, tracks, features
     assert any("rule_segment_stitch" in line for line in submitted) and any("rule_report_figures" in line for line in submitted)
+    if gpus:
+        assert "gres/gpu=1" in job_tres(submitted_jobid(submitted, "group_nahual_segment_apply_serve_model"))
+        assert "gpu" not in job_tres(submitted_jobid(submitted, "group_nahual_serve_model_track_apply"))
 
     group = zarr.open_group(workdir / STORE, mode="r")
     truth, nuclei = group["labels/ground_truth/0"][...], group["labels/nuclei/0"][...]
