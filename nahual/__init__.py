@@ -6,11 +6,12 @@ environment launcher (:func:`launch`). Zarr streaming lives in
 :mod:`nahual.stream` (extra ``zarr``), imported on its own.
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from ._config import Timeout
-from ._server import Server
-from .client import Client, ModelHandle
 from .errors import (
     AuthError,
     ConfigError,
@@ -22,13 +23,37 @@ from .errors import (
     TimeoutError,
     TransportError,
 )
-from .launcher import ServerProcess, launch
 from .model import Contract, Model
 
-try:
-    __version__ = version("nahual")
-except PackageNotFoundError:  # a source tree that was never installed
-    __version__ = "0+unknown"
+if TYPE_CHECKING:
+    from ._server import Server
+    from .client import Client, ModelHandle
+    from .launcher import ServerProcess, launch
+
+#: Names imported on first use, so that ``nahual serve`` starts without the
+#: client, the launcher or importlib.metadata (start-up time is a goal).
+_LAZY = {
+    "Server": "._server",
+    "Client": ".client",
+    "ModelHandle": ".client",
+    "launch": ".launcher",
+    "ServerProcess": ".launcher",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("nahual")
+        except PackageNotFoundError:  # a source tree that was never installed
+            return "0+unknown"
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'nahual' has no attribute {name!r}")
 
 
 __all__ = [

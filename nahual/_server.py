@@ -23,14 +23,13 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import numpy as np
 
 from . import _protocol as protocol
 from ._protocol import Kind
-from ._transport import ReplySocket, TransportError, ipc_path, is_loopback
+from ._transport import Channel, ReplySocket, TransportError, ipc_path, is_loopback
 from .errors import AuthError, ConfigError, NahualError, ProtocolError
 from .model import Model
 from .registry import available_models, resolve_model
@@ -44,6 +43,8 @@ CORE_PACKAGES = ("nahual", "numpy", "pynng")
 
 def package_versions(names: tuple[str, ...]) -> dict[str, str | None]:
     """Installed versions of the given distributions (None where missing)."""
+    from importlib.metadata import PackageNotFoundError, version  # slow import: only when asked
+
     versions: dict[str, str | None] = {}
     for name in names:
         try:
@@ -197,19 +198,27 @@ class Server:
                     buffer = channel.recv(timeout=None)
                 except TransportError:
                     return  # socket closed: the server is stopping
-                reply = self.handle(buffer)
+                reply = self.handle(buffer, channel)
                 del buffer
                 with contextlib.suppress(TransportError):
-                    channel.send(reply, timeout=10.0)
+                    channel.send(reply, timeout=10.0)  # also releases the request's segments
         finally:
             channel.close()
 
-    def handle(self, buffer: Any) -> protocol.MessagePlan:
-        """Answer one received message with exactly one reply (never raises)."""
+    def handle(self, buffer: Any, channel: Channel | None = None) -> protocol.MessagePlan:
+        """Answer one received message with exactly one reply (never raises).
+
+        With an ipc ``channel``, request arrays may be views on the client's
+        shared memory: valid until the reply is sent, so a model that keeps
+        its inputs after ``process`` returns must copy them. Large reply arrays
+        go into the channel's own segment, never into the request's.
+        """
         request_id, operation = 0, ""
+        segments = channel.segments if channel is not None else None
+        out_of_band = channel.writer if channel is not None else None
         try:
             _kind, request_id, _ = protocol.read_envelope(buffer)
-            frame = protocol.decode(buffer)
+            frame = protocol.decode(buffer, segments)
             if frame.kind != Kind.REQUEST:
                 raise ProtocolError(f"expected a request (kind {Kind.REQUEST}), got kind {frame.kind}")
             operation = str(frame.meta.get("op", ""))
@@ -218,7 +227,7 @@ class Server:
         except Exception as exc:  # every failure becomes an error reply
             kind, meta, payload = Kind.ERROR, _error_meta(exc, operation, request_id), None
         try:
-            return protocol.plan(kind, request_id, meta, payload)
+            return protocol.plan(kind, request_id, meta, payload, out_of_band)
         except (TypeError, ValueError) as exc:
             return protocol.plan(Kind.ERROR, request_id, _error_meta(exc, operation, request_id))
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import entry_points
 
 from .errors import ConfigError
 from .model import Model
@@ -19,6 +18,8 @@ def available_models() -> dict[str, str]:
     Entry points are listed without importing them, so a model whose
     packages are missing here still shows (and fails clearly on load).
     """
+    from importlib.metadata import entry_points  # slow to import: only when a model is looked up
+
     return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 

@@ -19,14 +19,21 @@ __all__ = ["main"]
 COMMAND_MODULES = ("_server", "_launch", "_stream", "_zoo", "_report")
 
 
+class _VersionAction(argparse.Action):
+    """``--version``, looked up only when asked (importlib.metadata is slow to import)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        from .. import __version__
+
+        parser.exit(message=f"nahual {__version__}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser with every command module's subcommands."""
-    from .. import __version__
-
     parser = argparse.ArgumentParser(
         prog="nahual", description="Run models in their own environments; stream Zarr stores through them."
     )
-    parser.add_argument("--version", action="version", version=f"nahual {__version__}")
+    parser.add_argument("--version", action=_VersionAction, nargs=0, help="print nahual's version and exit")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(f".{name}", __name__).register(subparsers)
