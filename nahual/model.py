@@ -26,6 +26,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
+
 from .errors import ContractError
 
 __all__ = ["OUTPUT_KINDS", "Contract", "Model"]
@@ -94,6 +96,44 @@ class Contract:
         if self.axes and axes not in self.axes:
             raise ContractError(f"model expects axes {' or '.join(self.axes)}, got {axes!r}")
 
+    def read_payload(self, payload: Any) -> tuple[dict[str, np.ndarray], str]:
+        """The input arrays of ``payload`` and their axes, checked against this contract.
+
+        ``axes`` may be left out when only one accepted order fits the first
+        input's number of dimensions. Label arrays must have the image's axes
+        without ``c``.
+
+        Raises
+        ------
+        ContractError
+            Naming what the model expects and what the payload holds.
+        """
+        if not isinstance(payload, dict) or any(key not in payload for key in self.inputs):
+            found = sorted(payload) if isinstance(payload, dict) else type(payload).__name__
+            raise ContractError(f"model expects payload keys {', '.join(self.inputs)} and axes, got {found}")
+        arrays = {key: np.asarray(payload[key]) for key in self.inputs}
+        first = arrays[self.inputs[0]]
+        axes = payload.get("axes") or self._infer_axes(first.ndim)
+        self.check_axes(axes)
+        if first.ndim != len(axes):
+            what = "integer label array" if self.inputs[0] == "labels" else self.inputs[0]
+            raise ContractError(f"axes {axes!r} need a {len(axes)}-d {what}, got shape {first.shape}")
+        if "labels" in arrays and self.inputs[0] != "labels":
+            expected = tuple(n for n, axis in zip(first.shape, axes) if axis != "c")
+            labels = arrays["labels"]
+            if labels.shape != expected or labels.dtype.kind not in "iu":
+                raise ContractError(
+                    f"expected integer labels of shape {expected} (the image without c), "
+                    f"got {labels.dtype} {labels.shape}"
+                )
+        return arrays, axes
+
+    def _infer_axes(self, ndim: int) -> str:
+        fitting = [axes for axes in self.axes if len(axes) == ndim]
+        if len(fitting) != 1:
+            raise ContractError(f"a {ndim}-d input needs payload 'axes', one of {' or '.join(self.axes)}")
+        return fitting[0]
+
 
 class Model:
     """Base class of every model a nahual server can host.
@@ -106,19 +146,31 @@ class Model:
         Distributions whose versions ``info`` reports (e.g. ``("torch", "cellpose")``).
     contract : Contract
         What the model accepts and returns.
+    defaults : dict
+        Every parameter with its default value; names outside it are typos.
     """
 
     name: ClassVar[str] = ""
     packages: ClassVar[tuple[str, ...]] = ()
     contract: ClassVar[Contract] = Contract()
+    defaults: ClassVar[dict[str, Any]] = {}
 
     def load(self, **params: Any) -> None:
         """Prepare the model once per instance (weights, device, threads).
 
-        Unknown params should raise ``TypeError`` so that typos are caught at load time.
+        The default stores :attr:`defaults` updated with ``params`` in
+        ``self.params``; override it to load weights (call :meth:`merge_params`
+        so that typos raise ``TypeError`` at load time).
         """
-        if params:
-            raise TypeError(f"{type(self).__name__}.load() takes no params, got {sorted(params)}")
+        self.params = self.merge_params(params)
+
+    def merge_params(self, params: dict[str, Any], base: dict[str, Any] | None = None) -> dict[str, Any]:
+        """``base`` (default: :attr:`defaults`) updated with ``params``; unknown names raise ``TypeError``."""
+        unknown = sorted(set(params) - set(self.defaults))
+        if unknown:
+            name = self.name or type(self).__name__
+            raise TypeError(f"{name} got unknown params {unknown}; known: {sorted(self.defaults)}")
+        return {**(self.defaults if base is None else base), **params}
 
     def process(self, payload: Any, **params: Any) -> Any:
         """Process one payload; ``params`` are per-call overrides. Must be thread-safe

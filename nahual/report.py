@@ -142,7 +142,11 @@ def draw_outlines(image: Any, frames: list[int], name: str, path: Path) -> Path:
 
 
 def draw_tracks(image: Any, tracks: dict[str, Any], name: str, path: Path) -> Path:
-    """``tracks.png``: track segments over the last frame, one colour per lineage, divisions as stars."""
+    """``tracks.png``: track segments over the last frame, one colour per lineage, divisions as stars.
+
+    The objects of the last frame are outlined in their lineage's colour when
+    the graph links to a label image (GEFF ``related_objects``, ``seg_id``).
+    """
     from matplotlib import colormaps
 
     nodes, edges = tracks["nodes"], tracks["edges"]
@@ -156,9 +160,10 @@ def draw_tracks(image: Any, tracks: dict[str, Any], name: str, path: Path) -> Pa
     lineages = {root: k for k, root in enumerate(np.unique(roots).tolist())}
     colours = colormaps["tab20"]
     where = {node: i for i, node in enumerate(nodes["id"].tolist())}
-    if image.labels is not None and "seg_id" in nodes:
+    linked = tracks.get("labels")
+    if linked is not None and "seg_id" in nodes:
         # outline each object of the last frame in the colour of its lineage
-        labels = plane(image.labels.array, image.labels.axes, last)
+        labels = plane(linked.array, linked.axes, last)
         lut = np.zeros((int(labels.max()) + 1, 4), np.float32)
         for i in np.flatnonzero(nodes["t"] == last).tolist():
             value = int(nodes["seg_id"][i])
@@ -241,6 +246,18 @@ def draw_summary(summary: dict[str, Any], path: Path) -> Path:
     return _save(fig, path)
 
 
+def _linked_labels(image_path: str | os.PathLike, tracks: str, meta: dict[str, Any]) -> Any:
+    """The label image a GEFF graph links to (its first ``related_objects`` of type labels), or None."""
+    from .stream import open_source
+
+    for related in meta.get("related_objects") or []:
+        if related.get("type") == "labels" and related.get("path"):
+            path = os.path.normpath(os.path.join(os.fspath(image_path), "tracks", tracks, related["path"]))
+            if os.path.exists(path):
+                return open_source(path)
+    return None
+
+
 class _Image:
     """The image being drawn, its chosen channel and (optionally) a label image."""
 
@@ -306,8 +323,8 @@ def write_report(
     if tracks is not None:
         from .stream import read_tracks
 
-        nodes, edges, _ = read_tracks(image_path, tracks)
-        graph = {"nodes": nodes, "edges": edges}
+        nodes, edges, meta = read_tracks(image_path, tracks)
+        graph = {"nodes": nodes, "edges": edges, "labels": _linked_labels(image_path, tracks, meta)}
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     written = []

@@ -145,7 +145,7 @@ def test_an_empty_series_gives_empty_tables(model):
         ({"labels": np.zeros((3, 8, 8), np.uint32), "axes": "cyx"}, "expects axes tyx or tzyx"),
         ({"labels": np.zeros((3, 8, 8), np.float32), "axes": "tyx"}, "integer label array, got float32"),
         ({"labels": np.zeros((8, 8), np.uint32), "axes": "tyx"}, "3-d integer"),
-        ({"image": np.zeros((3, 8, 8))}, "'labels' array"),
+        ({"image": np.zeros((3, 8, 8))}, "payload keys labels and axes"),
     ],
 )
 def test_wrong_input_names_what_was_expected(model, payload, message):

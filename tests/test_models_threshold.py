@@ -129,7 +129,7 @@ def test_with_a_fixed_threshold_a_tile_with_the_declared_halo_reproduces_whole_f
         ({"image": np.zeros((8, 8, 8)), "axes": "cyx", "extra": 1}, None),
         ({"image": np.zeros((8, 8)), "axes": "cyx"}, "need a 3-d image"),
         ({"image": np.zeros((3, 8, 8))}, "needs payload 'axes'"),
-        ({"labels": np.zeros((8, 8))}, "'image' array"),
+        ({"labels": np.zeros((8, 8))}, "payload keys image and axes"),
     ],
 )
 def test_wrong_input_names_what_was_expected(model, payload, message):

@@ -97,3 +97,16 @@ def test_lineage_roots_follow_parents_to_the_first_ancestor():
     edges = np.array([[1, 2], [2, 3], [2, 4], [5, 6]])  # 2 divides into 3 and 4
     assert lineage_roots(ids, edges).tolist() == [1, 1, 1, 1, 5, 5]
     assert lineage_roots(ids, np.zeros((0, 2), np.int64)).tolist() == ids.tolist()
+
+
+def test_tracks_are_drawn_with_the_label_image_their_graph_links_to(demo):
+    from nahual.report import _linked_labels
+    from nahual.stream import read_tracks
+
+    path, data = demo
+    _, _, meta = read_tracks(path, "ground_truth")
+    linked = _linked_labels(path, "ground_truth", meta)
+    assert linked is not None and linked.label_name == "ground_truth"
+    np.testing.assert_array_equal(linked.array[...], data.labels)
+    missing = {"related_objects": [{"type": "labels", "path": "../../labels/x"}]}
+    assert _linked_labels(path, "ground_truth", missing) is None

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -98,10 +99,8 @@ def stop_processes_in(workdir: Path) -> list[tuple[int, str]]:
     """SIGKILL, by pid, whatever still runs in ``workdir``; returns what was found."""
     left = processes_in(workdir)
     for pid, _ in left:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     return left
 
 
@@ -233,8 +232,10 @@ def test_default_run_segments_and_tracks_the_demo_accurately(default_run):
     named = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for matcher, metric in ((CTCMatcher(), CTCMetrics()), (IOUMatcher(iou_threshold=0.5, one_to_one=True), DivisionMetrics())):
-            results, _ = run_metrics(tracking_graph(store, "ground_truth"), tracking_graph(store, "tracks"), matcher, [metric])
+        for matcher, metric in ((CTCMatcher(), CTCMetrics()),
+                                (IOUMatcher(iou_threshold=0.5, one_to_one=True), DivisionMetrics())):
+            truth, found = tracking_graph(store, "ground_truth"), tracking_graph(store, "tracks")
+            results, _ = run_metrics(truth, found, matcher, [metric])
             named.update({r["metric"]["name"]: r["results"] for r in results})
     assert named["CTCMetrics"]["TRA"] >= 0.95, named["CTCMetrics"]
     assert named["DivisionMetrics"]["Frame Buffer 0"]["Division F1"] >= 0.5, named["DivisionMetrics"]
@@ -269,7 +270,7 @@ def start_and_stop_halfway(workdir: Path, stop: signal.Signals, whole_group: boo
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
     try:
-        wait_until(lambda: blocks.is_dir() and any(blocks.glob("*.json")) or process.poll() is not None,
+        wait_until(lambda: (blocks.is_dir() and any(blocks.glob("*.json"))) or process.poll() is not None,
                    timeout=RUN_TIMEOUT, what="the first block of the segmentation")
         assert process.poll() is None, (workdir / "first-run.log").read_text()[-3000:]
         if whole_group:  # Ctrl-C in a terminal: SIGINT to the whole foreground process group
@@ -335,7 +336,8 @@ def test_a_failed_consumer_leaves_no_server_socket_lock_or_process(tmp_path):
     assert result.returncode != 0
     assert "--channel 7 does not exist" in result.stdout + result.stderr
     assert_nothing_left(workdir)
-    assert not (workdir / "results" / "demo" / "nuclei").exists() or not any((workdir / "results" / "demo" / "nuclei").iterdir())
+    shards = workdir / "results" / "demo" / "nuclei"
+    assert not shards.exists() or not any(shards.iterdir())  # the group's outputs are removed
 
 
 def assert_same_outputs(workdir: Path, reference: Path) -> None:

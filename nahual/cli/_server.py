@@ -7,6 +7,8 @@ import json
 import os
 from typing import Any
 
+from ._args import parse_json_object
+
 __all__ = ["register"]
 
 
@@ -43,17 +45,8 @@ def _parse_preloads(models: list[str], params: list[str]) -> list[tuple[str, dic
 
     if len(params) > len(models):
         raise ConfigError(f"{len(params)} --params given for {len(models)} --preload")
-    preloads = []
-    for index, model in enumerate(models):
-        text = params[index] if index < len(params) else "{}"
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"--params for {model} is not valid JSON ({exc.msg}): {text!r}") from None
-        if not isinstance(value, dict):
-            raise ConfigError(f"--params for {model} must be a JSON object, got {text!r}")
-        preloads.append((model, value))
-    return preloads
+    texts = params + ["{}"] * (len(models) - len(params))
+    return [(model, parse_json_object(text, f"--params for {model}")) for model, text in zip(models, texts)]
 
 
 def run_serve(args: argparse.Namespace) -> int:

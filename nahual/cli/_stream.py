@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 from ..errors import ConfigError
+from ._args import parse_json_object
 
 __all__ = ["register"]
 
@@ -79,16 +80,6 @@ def _add_apply(subparsers: Any) -> None:
     p.set_defaults(run=run_apply)
 
 
-def _params(text: str) -> dict[str, Any]:
-    try:
-        params = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"--params must be a JSON object, got {text!r}: {exc.msg}") from exc
-    if not isinstance(params, dict):
-        raise ConfigError(f"--params must be a JSON object, got {type(params).__name__}")
-    return params
-
-
 def run_apply(args: argparse.Namespace) -> int:
     """Run ``nahual apply``; prints a one-line summary."""
     from ..stream import apply
@@ -99,7 +90,7 @@ def run_apply(args: argparse.Namespace) -> int:
     sharded = args.shard is not None and not args.shard.strip().endswith("/1")
     with connect_workers(
         args.model,
-        _params(args.params),
+        parse_json_object(args.params),
         servers=args.server,
         env=args.env,
         instances=args.instances,

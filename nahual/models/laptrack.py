@@ -69,13 +69,11 @@ class LapTrack(Model):
         },
     )
 
-    def load(self, **params: Any) -> None:
-        """Store the defaults; unknown names raise ``TypeError``."""
-        self.params = _merge(DEFAULTS, params)
+    defaults = DEFAULTS
 
     def process(self, payload: dict[str, Any], **params: Any) -> dict[str, Any]:
         """Track one series (or window); ``params`` override the load params for this call."""
-        p = _merge(self.params, params)
+        p = self.merge_params(params, self.params)
         labels = _labels(payload, self.contract)
         nodes = object_nodes(labels, int(p["t0"]))
         graph = _link(nodes, labels.ndim - 1, p)
@@ -84,25 +82,12 @@ class LapTrack(Model):
         return {"nodes": nodes, "edges": edges, "track_id": track_id, "tracks": tracks}
 
 
-def _merge(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    """``base`` updated with ``params``; unknown names raise ``TypeError``."""
-    unknown = sorted(set(params) - set(DEFAULTS))
-    if unknown:
-        raise TypeError(f"laptrack got unknown params {unknown}; known: {sorted(DEFAULTS)}")
-    return {**base, **params}
-
 
 def _labels(payload: dict[str, Any], contract: Contract) -> np.ndarray:
     """The integer label series from the payload, checked against the contract."""
-    if "labels" not in payload:
-        raise ContractError(f"laptrack expects a payload with a 'labels' array, got keys {sorted(payload)}")
-    labels = np.asarray(payload["labels"])
-    axes = payload.get("axes", "tyx" if labels.ndim == 3 else "tzyx")
-    contract.check_axes(axes)
-    if labels.ndim != len(axes) or labels.dtype.kind not in "iu":
-        raise ContractError(
-            f"laptrack: axes {axes!r} need a {len(axes)}-d integer label array, got {labels.dtype} shape {labels.shape}"
-        )
+    labels = contract.read_payload(payload)[0]["labels"]
+    if labels.dtype.kind not in "iu":
+        raise ContractError(f"laptrack needs an integer label array, got {labels.dtype}")
     return labels
 
 

@@ -64,14 +64,13 @@ class RegionProps(Model):
         },
     )
 
-    def load(self, **params: Any) -> None:
-        """Store the defaults; unknown names raise ``TypeError``."""
-        self.params = _merge(DEFAULTS, params)
+    defaults = DEFAULTS
 
     def process(self, payload: dict[str, Any], **params: Any) -> dict[str, Any]:
         """Measure one frame or a series; ``params`` override the load params for this call."""
-        p = _merge(self.params, params)
-        image, labels, axes = _arrays(payload, self.contract)
+        p = self.merge_params(params, self.params)
+        arrays, axes = self.contract.read_payload(payload)
+        image, labels = arrays["image"], arrays["labels"]
         if p["channel_names"] is not None and len(p["channel_names"]) != image.shape[axes.index("c")]:
             raise ContractError(
                 f"regionprops: {len(p['channel_names'])} channel_names for an image with "
@@ -88,30 +87,6 @@ class RegionProps(Model):
         return {"table": table}
 
 
-def _merge(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    """``base`` updated with ``params``; unknown names raise ``TypeError``."""
-    unknown = sorted(set(params) - set(DEFAULTS))
-    if unknown:
-        raise TypeError(f"regionprops got unknown params {unknown}; known: {sorted(DEFAULTS)}")
-    return {**base, **params}
-
-
-def _arrays(payload: dict[str, Any], contract: Contract) -> tuple[np.ndarray, np.ndarray, str]:
-    """Image, labels and image axes from the payload, checked against the contract."""
-    missing = [key for key in contract.inputs if key not in payload]
-    if missing or "axes" not in payload:
-        raise ContractError(f"regionprops expects payload keys image, labels and axes, got {sorted(payload)}")
-    image, labels, axes = np.asarray(payload["image"]), np.asarray(payload["labels"]), payload["axes"]
-    contract.check_axes(axes)
-    if image.ndim != len(axes):
-        raise ContractError(f"regionprops: axes {axes!r} need a {len(axes)}-d image, got shape {image.shape}")
-    expected = tuple(n for n, ax in zip(image.shape, axes) if ax != "c")
-    if labels.shape != expected or labels.dtype.kind not in "iu":
-        raise ContractError(
-            f"regionprops: expected integer labels of shape {expected} (image axes without c), "
-            f"got {labels.dtype} {labels.shape}"
-        )
-    return image, labels, axes
 
 
 def measure(image: np.ndarray, labels: np.ndarray, p: dict[str, Any]) -> dict[str, np.ndarray]:

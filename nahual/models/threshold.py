@@ -79,39 +79,25 @@ class Threshold(Model):
         },
     )
 
-    def load(self, **params: Any) -> None:
-        """Store the defaults; unknown names raise ``TypeError``."""
-        self.params = _merge(DEFAULTS, params)
+    defaults = DEFAULTS
+
+    def merge_params(self, params: dict[str, Any], base: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The base merge, plus a check of ``method``."""
+        merged = super().merge_params(params, base)
+        if merged["method"] not in (*GLOBAL_METHODS, "local"):
+            raise ValueError(f"threshold method must be one of {(*GLOBAL_METHODS, 'local')}, got {merged['method']!r}")
+        return merged
 
     def process(self, payload: dict[str, Any], **params: Any) -> dict[str, np.ndarray]:
         """Segment one frame (or tile); ``params`` override the load params for this call."""
-        p = _merge(self.params, params)
-        image = _nuclear_channel(payload, self.contract, p["channel"])
-        return {"labels": segment(image, p)}
+        p = self.merge_params(params, self.params)
+        arrays, axes = self.contract.read_payload(payload)
+        return {"labels": segment(_nuclear_channel(arrays["image"], axes, p["channel"]), p)}
 
 
-def _merge(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    """``base`` updated with ``params``; an unknown name or bad method raises."""
-    unknown = sorted(set(params) - set(DEFAULTS))
-    if unknown:
-        raise TypeError(f"threshold got unknown params {unknown}; known: {sorted(DEFAULTS)}")
-    merged = {**base, **params}
-    if merged["method"] not in (*GLOBAL_METHODS, "local"):
-        raise ValueError(f"threshold method must be one of {(*GLOBAL_METHODS, 'local')}, got {merged['method']!r}")
-    return merged
 
-
-def _nuclear_channel(payload: dict[str, Any], contract: Contract, channel: int) -> np.ndarray:
+def _nuclear_channel(image: np.ndarray, axes: str, channel: int) -> np.ndarray:
     """The spatial array of the chosen channel, as float32."""
-    if "image" not in payload:
-        raise ContractError(f"threshold expects a payload with an 'image' array, got keys {sorted(payload)}")
-    image = np.asarray(payload["image"])
-    axes = payload.get("axes", "yx" if image.ndim == 2 else None)
-    if axes is None:
-        raise ContractError(f"threshold needs payload 'axes' (one of {contract.axes}) for a {image.ndim}-d image")
-    contract.check_axes(axes)
-    if image.ndim != len(axes):
-        raise ContractError(f"threshold: axes {axes!r} need a {len(axes)}-d image, got shape {image.shape}")
     if "c" in axes:
         if not 0 <= channel < image.shape[0]:
             raise ContractError(f"threshold: channel {channel} asked, the image has {image.shape[0]} channel(s)")
@@ -164,7 +150,7 @@ def _split(mask: np.ndarray, min_distance: int) -> np.ndarray:
     from skimage.feature import peak_local_max
     from skimage.segmentation import watershed
 
-    components, count = ndimage.label(mask)
+    components, _ = ndimage.label(mask)
     distance = ndimage.gaussian_filter(ndimage.distance_transform_edt(mask), 1.0)
     peaks = peak_local_max(distance, min_distance=max(int(min_distance), 1), labels=components, exclude_border=False)
     markers = np.zeros(mask.shape, np.int32)
