@@ -4,11 +4,17 @@ Usage::
 
     python benchmarks/transport.py [--sizes 1 16 64] [--repeats 9]
 
-Both echoes run in a second process and carry the same bytes both ways; their
-rounds are interleaved in one run so that machine noise hits both alike. The
-raw echo is the floor: one kernel copy each way, a preallocated receive
-buffer, no framing beyond an 8-byte length. Prints each median and the
-throughput ratio nahual/raw (goal at 16 MiB: at least 0.45).
+The echoes run in other processes and carry the same bytes both ways; their
+rounds are interleaved in one run so that machine noise hits all alike:
+
+- ``shm``: nahual as it runs over ipc, large arrays through shared memory;
+- ``nng``: the same server, from a client made with ``NAHUAL_SHM=0``, so
+  every byte goes through nng's ipc stream (the path before shared memory);
+- ``raw``: the floor: one kernel copy each way, a preallocated receive
+  buffer, no framing beyond an 8-byte length.
+
+Prints each median and the throughput ratios shm/raw and nng/raw (goal at
+16 MiB: shm/raw at least 0.45).
 
 The environment (e.g. ``GLIBC_TUNABLES``) is passed on to the server process.
 """
@@ -72,6 +78,46 @@ def wait_for(path: Path, process: subprocess.Popen, timeout: float = 30.0) -> No
         time.sleep(0.01)
 
 
+def plain_client(address: str) -> nahual.Client:
+    """A client that keeps shared memory off (``NAHUAL_SHM=0`` while its socket is made)."""
+    previous = os.environ.get("NAHUAL_SHM")
+    os.environ["NAHUAL_SHM"] = "0"
+    try:
+        return nahual.Client(address, timeout=120)
+    finally:
+        if previous is None:
+            del os.environ["NAHUAL_SHM"]
+        else:
+            os.environ["NAHUAL_SHM"] = previous
+
+
+def raw_round_trip(conn: socket.socket, array: np.ndarray, received: bytearray) -> np.ndarray:
+    """One length-prefixed echo of ``array`` through the raw socket."""
+    conn.sendall(len(array.data.cast("B")).to_bytes(LENGTH, "little"))
+    conn.sendall(array.data.cast("B"))
+    recv_exactly(conn, memoryview(received))
+    return np.frombuffer(received, np.float32, offset=LENGTH)
+
+
+def measure(array: np.ndarray, echoes: dict, conn: socket.socket, repeats: int) -> dict[str, float]:
+    """Median seconds per round trip of each method, rounds interleaved; the first round warms up."""
+    received = bytearray(LENGTH + array.nbytes)
+    calls = {name: (lambda e=echo: e(array)) for name, echo in echoes.items()}
+    calls["raw"] = lambda: raw_round_trip(conn, array, received)
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for repeat in range(repeats + 1):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            result = call()
+            elapsed = time.perf_counter() - start
+            if repeat == 0:
+                assert np.array_equal(result, array), name
+            else:
+                times[name].append(elapsed)
+            del result
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 16, 64], help="MiB (default 1 16 64)")
@@ -92,37 +138,20 @@ def main() -> None:
         wait_for(raw_path, raw)
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         conn.connect(str(raw_path))
-        with nahual.Client(address, timeout=120) as client:
-            echo = client.load("echo")
+        with nahual.Client(address, timeout=120) as client, plain_client(address) as plain:
+            echoes = {"shm": client.load("echo"), "nng": plain.load("echo")}
             print(f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}; {os.cpu_count()} CPUs; "
                   f"median of {args.repeats} round trips each (payload counted both ways)")  # fmt: skip
-            print(f"{'size':>7} {'nahual ms':>10} {'raw ms':>8} {'nahual GB/s':>12} {'raw GB/s':>9} {'nahual/raw':>11}")
+            print(f"{'size':>7} {'shm ms':>8} {'nng ms':>8} {'raw ms':>8} {'shm GB/s':>9} {'raw GB/s':>9} "
+                  f"{'shm/raw':>8} {'nng/raw':>8}")  # fmt: skip
             for size in args.sizes:
                 array = np.random.default_rng(size).random(size * MiB // 4, dtype=np.float32)
-                header = len(array.data.cast("B")).to_bytes(LENGTH, "little")
-                received = bytearray(LENGTH + array.nbytes)
-                times: dict[str, list[float]] = {"nahual": [], "raw": []}
-                for repeat in range(args.repeats + 1):  # the first round warms both up
-                    start = time.perf_counter()
-                    result = echo(array)
-                    nahual_s = time.perf_counter() - start
-                    start = time.perf_counter()
-                    conn.sendall(header)
-                    conn.sendall(array.data.cast("B"))
-                    recv_exactly(conn, memoryview(received))
-                    raw_result = np.frombuffer(received, np.float32, offset=LENGTH)
-                    raw_s = time.perf_counter() - start
-                    if repeat == 0:
-                        assert np.array_equal(result, array) and np.array_equal(raw_result, array)
-                        continue
-                    times["nahual"].append(nahual_s)
-                    times["raw"].append(raw_s)
-                    del result
-                nahual_median, raw_median = (statistics.median(times[k]) for k in ("nahual", "raw"))
+                medians = measure(array, echoes, conn, args.repeats)
                 moved = 2 * array.nbytes / 1e9
+                shm_s, nng_s, raw_s = medians["shm"], medians["nng"], medians["raw"]
                 print(
-                    f"{size:>4} MiB {nahual_median * 1e3:>10.2f} {raw_median * 1e3:>8.2f} "
-                    f"{moved / nahual_median:>12.2f} {moved / raw_median:>9.2f} {raw_median / nahual_median:>11.2f}"
+                    f"{size:>4} MiB {shm_s * 1e3:>8.2f} {nng_s * 1e3:>8.2f} {raw_s * 1e3:>8.2f} "
+                    f"{moved / shm_s:>9.2f} {moved / raw_s:>9.2f} {raw_s / shm_s:>8.2f} {raw_s / nng_s:>8.2f}"
                 )
         conn.close()
     finally:

@@ -13,6 +13,12 @@ Arrays inside ``payload`` are replaced by ``{"$nahual": "array", "index": i}``;
 ``arrays[i]`` holds ``dtype`` (``dtype.str``, byte order included), ``shape``,
 ``offset`` and ``nbytes``. Decoding builds read-only numpy views on the
 received buffer: no copy, and nothing in a message can execute code.
+
+Out of band: a spec may add ``"segment": NAME``; its ``offset``/``nbytes``
+then refer to a same-host shared-memory segment, not the message.
+:func:`plan` places large arrays there through an :class:`OutOfBand` writer
+and :func:`decode` resolves them through a :class:`SegmentResolver`; both
+come from the transport (``nahual/_shm.py``), which offers them over ipc only.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import math
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -36,6 +42,8 @@ __all__ = [
     "Frame",
     "Kind",
     "MessagePlan",
+    "OutOfBand",
+    "SegmentResolver",
     "decode",
     "encode",
     "plan",
@@ -96,6 +104,25 @@ def _check_dtype(dtype: np.dtype, where: str) -> None:
         )
 
 
+class OutOfBand(Protocol):
+    """Where a sender puts large arrays instead of the message (``nahual._shm.SegmentWriter``)."""
+
+    threshold: int
+
+    def place(self, sizes: list[int]) -> Any:
+        """Room for arrays of ``sizes`` bytes: an object with ``name``, ``offsets`` and a
+        writable ``buffer``, or None to send them in the message."""
+
+
+class SegmentResolver(Protocol):
+    """How a receiver reads out-of-band arrays (``nahual._shm.SegmentReader``)."""
+
+    copy_out: bool
+
+    def view(self, name: str, offset: int, nbytes: int) -> memoryview:
+        """The bytes of segment ``name``; raises :class:`ProtocolError` for bad names or bounds."""
+
+
 @dataclass
 class MessagePlan:
     """The layout of one outgoing message, computed before any buffer exists.
@@ -110,18 +137,23 @@ class MessagePlan:
     arrays: list[np.ndarray]
     offsets: list[int]
     nbytes: int
+    #: Per array: True when it goes into ``segment`` (at its offset there) instead of the message.
+    external: list[bool] = field(default_factory=list)
+    #: The writable out-of-band buffer, or None.
+    segment: Any = None
 
     def write_into(self, buffer: Any) -> None:
-        """Write the message into a writable buffer of exactly ``nbytes`` bytes."""
+        """Write the message into a writable buffer of exactly ``nbytes`` bytes (and the segment)."""
         view = memoryview(buffer).cast("B")
         if len(view) != self.nbytes:
             raise ValueError(f"buffer holds {len(view)} bytes, the message needs {self.nbytes}")
         ENVELOPE.pack_into(view, 0, MAGIC, VERSION, self.kind, 0, self.request_id, len(self.header), 0)
         start = ENVELOPE.size
         view[start : start + len(self.header)] = self.header
-        for array, offset in zip(self.arrays, self.offsets):
+        external = self.external or [False] * len(self.arrays)
+        for array, offset, outside in zip(self.arrays, self.offsets, external):
             if array.nbytes:
-                target = np.frombuffer(view, dtype=array.dtype, count=array.size, offset=offset)
+                target = np.frombuffer(self.segment if outside else view, array.dtype, array.size, offset)
                 np.copyto(target.reshape(array.shape), array, casting="no")
 
 
@@ -154,7 +186,13 @@ def _to_tree(value: Any, arrays: list[np.ndarray], depth: int) -> Any:
     )
 
 
-def plan(kind: int, request_id: int, meta: Mapping[str, Any] | None = None, payload: Any = None) -> MessagePlan:
+def plan(
+    kind: int,
+    request_id: int,
+    meta: Mapping[str, Any] | None = None,
+    payload: Any = None,
+    out_of_band: OutOfBand | None = None,
+) -> MessagePlan:
     """Lay out a message; raises ``TypeError`` for unsendable payloads before anything is written.
 
     Parameters
@@ -167,6 +205,8 @@ def plan(kind: int, request_id: int, meta: Mapping[str, Any] | None = None, payl
         Protocol fields (JSON values only).
     payload : Any
         Nested dicts/lists of JSON scalars, strings and numpy arrays.
+    out_of_band : OutOfBand, optional
+        Arrays of at least ``out_of_band.threshold`` bytes go there (same host only).
     """
     arrays: list[np.ndarray] = []
     tree = _to_tree(payload, arrays, 0)
@@ -174,21 +214,41 @@ def plan(kind: int, request_id: int, meta: Mapping[str, Any] | None = None, payl
     meta_tree = _to_tree(dict(meta or {}), meta_arrays, 0)
     if meta_arrays:
         raise TypeError("message meta holds JSON values only; send arrays in the payload")
-    offsets: list[int] = []
-    specs = []
-    for array in arrays:
-        specs.append({"dtype": array.dtype.str, "shape": list(array.shape), "nbytes": array.nbytes})
+    specs = [{"dtype": a.dtype.str, "shape": list(a.shape), "nbytes": a.nbytes} for a in arrays]
+    external, placement = _place_out_of_band(arrays, specs, out_of_band)
     # The header's length depends on the offsets and vice versa: place the
     # buffers after a header measured with placeholder offsets of full width.
     draft = json.dumps({"meta": meta_tree, "payload": tree, "arrays": [dict(s, offset=2**63) for s in specs]})
     cursor = _align(ENVELOPE.size + len(draft.encode()))
-    for spec in specs:
-        offsets.append(cursor)
-        spec["offset"] = cursor
-        cursor = _align(cursor + spec["nbytes"])
+    end = cursor
+    for spec, outside in zip(specs, external):
+        if not outside:
+            spec["offset"] = cursor
+            end = cursor + spec["nbytes"]
+            cursor = _align(end)
     header = json.dumps({"meta": meta_tree, "payload": tree, "arrays": specs}).encode()
-    total = offsets[-1] + specs[-1]["nbytes"] if specs else ENVELOPE.size + len(header)
-    return MessagePlan(kind, request_id, header, arrays, offsets, total)
+    total = end if any(not outside for outside in external) else ENVELOPE.size + len(header)
+    offsets = [spec["offset"] for spec in specs]
+    segment = placement.buffer if placement is not None else None
+    return MessagePlan(kind, request_id, header, arrays, offsets, total, external, segment)
+
+
+def _place_out_of_band(
+    arrays: list[np.ndarray], specs: list[dict[str, Any]], out_of_band: OutOfBand | None
+) -> tuple[list[bool], Any]:
+    """Mark the arrays that go out of band and give them their segment offsets."""
+    external = [out_of_band is not None and a.nbytes >= out_of_band.threshold for a in arrays]
+    placement = None
+    if any(external):
+        placement = out_of_band.place([a.nbytes for a, outside in zip(arrays, external) if outside])
+    if placement is None:
+        return [False] * len(arrays), None
+    offsets = iter(placement.offsets)
+    for spec, outside in zip(specs, external):
+        if outside:
+            spec["segment"] = placement.name
+            spec["offset"] = next(offsets)
+    return external, placement
 
 
 def encode(kind: int, request_id: int, meta: Mapping[str, Any] | None = None, payload: Any = None) -> bytearray:
@@ -216,7 +276,7 @@ def read_envelope(buffer: Any) -> tuple[int, int, int]:
     return kind, request_id, header_len
 
 
-def _parse_array(spec: Any, view: memoryview, header_end: int) -> np.ndarray:
+def _parse_array(spec: Any, view: memoryview, header_end: int, segments: SegmentResolver | None) -> np.ndarray:
     if not isinstance(spec, dict):
         raise ProtocolError("array spec must be an object")
     dtype_str, shape, offset, nbytes = (spec.get(k) for k in ("dtype", "shape", "offset", "nbytes"))
@@ -234,12 +294,19 @@ def _parse_array(spec: Any, view: memoryview, header_end: int) -> np.ndarray:
     count = math.prod(shape)
     if count * dtype.itemsize != nbytes:
         raise ProtocolError(f"array of shape {shape} and dtype {dtype_str} cannot hold {nbytes} bytes")
-    if offset < header_end or offset + nbytes > len(view):
+    source = view
+    if "segment" in spec:
+        if segments is None:
+            raise ProtocolError("shared-memory buffers are only accepted over ipc")
+        source, offset = segments.view(spec["segment"], offset, nbytes), 0
+    elif offset < header_end or offset + nbytes > len(view):
         raise ProtocolError(f"array bytes [{offset}, {offset + nbytes}) lie outside the message")
     try:  # numpy's own limits: at most 64 dimensions, each below 2**63, no zero-width items
-        array = np.frombuffer(view, dtype=dtype, count=count, offset=offset).reshape(shape)
+        array = np.frombuffer(source, dtype=dtype, count=count, offset=offset).reshape(shape)
     except ValueError as exc:
         raise ProtocolError(f"array of shape {shape} and dtype {dtype_str}: {exc}") from None
+    if source is not view and segments.copy_out:
+        array = array.copy()  # the sender reuses its segment once we release it
     array.flags.writeable = False
     return array
 
@@ -259,8 +326,12 @@ def _from_tree(tree: Any, arrays: list[np.ndarray], depth: int = 0) -> Any:
     return tree
 
 
-def decode(buffer: Any) -> Frame:
+def decode(buffer: Any, segments: SegmentResolver | None = None) -> Frame:
     """Decode a message; arrays are read-only views that keep ``buffer`` alive.
+
+    ``segments`` resolves out-of-band arrays (ipc only); without it they are
+    refused. Where ``segments.copy_out`` is set they are copied out of the
+    segment (one copy), else they are views on it.
 
     Raises
     ------
@@ -279,7 +350,7 @@ def decode(buffer: Any) -> Frame:
     meta = header.get("meta", {})
     if not isinstance(meta, dict):
         raise ProtocolError("header 'meta' must be an object")
-    arrays = [_parse_array(spec, view, header_end) for spec in header.get("arrays", [])]
+    arrays = [_parse_array(spec, view, header_end, segments) for spec in header.get("arrays", [])]
     try:
         payload = _from_tree(header.get("payload"), arrays)
     except RecursionError:

@@ -29,6 +29,7 @@ import numpy as np
 
 from . import _protocol as protocol
 from ._protocol import Kind
+from ._shm import SegmentReader
 from ._transport import Channel, ReplySocket, TransportError, ipc_path, is_loopback
 from .errors import AuthError, ConfigError, NahualError, ProtocolError
 from .model import Model
@@ -113,6 +114,8 @@ class Server:
         self._channels: list[Any] = []
         self._socket: ReplySocket | None = None
         self._counter = 0
+        #: The channel of the worker thread running :meth:`handle` (its shared memory), if any.
+        self._worker = threading.local()
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> Server:
@@ -198,27 +201,30 @@ class Server:
                     buffer = channel.recv(timeout=None)
                 except TransportError:
                     return  # socket closed: the server is stopping
-                reply = self.handle(buffer, channel)
+                self._worker.channel = channel
+                reply = self.handle(buffer)
                 del buffer
                 with contextlib.suppress(TransportError):
                     channel.send(reply, timeout=10.0)  # also releases the request's segments
         finally:
             channel.close()
 
-    def handle(self, buffer: Any, channel: Channel | None = None) -> protocol.MessagePlan:
+    def handle(self, buffer: Any) -> protocol.MessagePlan:
         """Answer one received message with exactly one reply (never raises).
 
-        With an ipc ``channel``, request arrays may be views on the client's
-        shared memory: valid until the reply is sent, so a model that keeps
-        its inputs after ``process`` returns must copy them. Large reply arrays
-        go into the channel's own segment, never into the request's.
+        In a worker thread on an ipc socket, request arrays may be views on the
+        client's shared memory: valid until the reply is sent, so a model that
+        keeps its inputs after ``process`` returns must copy them. Large reply
+        arrays go into this server's own segments, never into the request's.
         """
         request_id, operation = 0, ""
+        channel: Channel | None = getattr(self._worker, "channel", None)
         segments = channel.segments if channel is not None else None
-        out_of_band = channel.writer if channel is not None else None
+        shares: bool | None = None
         try:
             _kind, request_id, _ = protocol.read_envelope(buffer)
             frame = protocol.decode(buffer, segments)
+            shares = _shares_memory(frame.meta.get("shm"), segments)
             if frame.kind != Kind.REQUEST:
                 raise ProtocolError(f"expected a request (kind {Kind.REQUEST}), got kind {frame.kind}")
             operation = str(frame.meta.get("op", ""))
@@ -226,6 +232,9 @@ class Server:
             kind, meta, payload = self._run_once(frame, operation)
         except Exception as exc:  # every failure becomes an error reply
             kind, meta, payload = Kind.ERROR, _error_meta(exc, operation, request_id), None
+        if shares is not None:
+            meta = {**meta, "shm": shares}
+        out_of_band = channel.writer if shares and channel is not None else None
         try:
             return protocol.plan(kind, request_id, meta, payload, out_of_band)
         except (TypeError, ValueError) as exc:
@@ -360,6 +369,22 @@ class Server:
         with instance.lock:
             instance.obj.close()
         return {"unloaded": instance_id}
+
+
+def _shares_memory(offer: Any, segments: SegmentReader | None) -> bool | None:
+    """Whether to answer through shared memory; None when the client did not ask.
+
+    A client offers ``meta.shm``: the name of one of its segments until the server
+    has confirmed it can open it, then ``true``. Replies go through shared memory
+    only to clients that map it (same host, same ``/dev/shm``).
+    """
+    if offer is None or offer is False:
+        return None
+    if segments is None:
+        return False
+    if offer is True:
+        return True
+    return segments.probe(offer)
 
 
 def _instance_id(meta: dict[str, Any]) -> str:

@@ -8,7 +8,11 @@ and per-request *channels* (nng contexts) with three guarantees:
   ``bytes`` path costs three copies);
 - no copy on receive: the returned buffer is the nng message body itself,
   freed when the last numpy view on it is gone;
-- Req0 resends are switched off, so a slow request never runs twice.
+- Req0 resends are switched off, so a slow request never runs twice;
+- over ``ipc://`` (same host) a socket's channels share a
+  :class:`~nahual._shm.SegmentWriter` for large arrays, and each channel has a
+  :class:`~nahual._shm.SegmentReader` for its peer's, so they skip nng's byte
+  stream (``docs/protocol.md``, *Out-of-band buffers*).
 
 pynng exceptions are translated here, once, into :mod:`nahual.errors`.
 """
@@ -19,6 +23,7 @@ import contextlib
 import os
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Iterator
 from urllib.parse import urlparse
 
@@ -26,6 +31,7 @@ import pynng
 from pynng import _nng
 
 from ._protocol import MessagePlan
+from ._shm import SegmentCache, SegmentReader, SegmentWriter, shm_available, sweep
 from .errors import ConfigError, TimeoutError, TransportError
 
 __all__ = ["Channel", "ReplySocket", "RequestSocket", "ipc_path", "is_loopback", "translate_errors"]
@@ -79,7 +85,10 @@ def check_address(address: str) -> None:
 class Channel:
     """One nng context: a request/reply conversation that can run beside others on one socket."""
 
-    def __init__(self, socket: pynng.Socket, address: str) -> None:
+    def __init__(self, socket: pynng.Socket, address: str, shared: _Shared | None = None) -> None:
+        #: Where large outgoing arrays go, and how the peer's are read (None: in the message only).
+        self.writer = shared.writer if shared is not None else None
+        self.segments: SegmentReader | None = shared.cache.reader() if shared is not None else None
         # The raw nng context, not pynng's Context: its close() is not thread-safe, and the
         # server closes a worker's context from another thread to stop it.
         self._ctx = _ffi.new("nng_ctx *")
@@ -92,7 +101,12 @@ class Channel:
                 _check(_lib.nng_ctx_set_ms(self._ctx[0], b"req:resend-time", _INFINITE_MS))
 
     def send(self, message: MessagePlan, timeout: float | None) -> None:
-        """Send a planned message: the arrays are copied once, into the nng message."""
+        """Send a planned message: the arrays are copied once, into the nng message or a segment.
+
+        Writing the message is the last use of the received message's arrays (a
+        reply may hold a request's own arrays), so the peer's segments are
+        released right after it, before the peer can see the reply.
+        """
         msg_p = _ffi.new("nng_msg **")
         with translate_errors(self._address, timeout):
             _check(_lib.nng_msg_alloc(msg_p, message.nbytes))
@@ -102,6 +116,8 @@ class Channel:
             except BaseException:
                 _lib.nng_msg_free(msg)
                 raise
+            finally:
+                self.release()
             self._run_aio(timeout, lambda aio: self._start_send(aio, msg), on_fail=lambda: _lib.nng_msg_free(msg))
 
     def _start_send(self, aio: Any, msg: Any) -> int:
@@ -141,6 +157,11 @@ class Channel:
         _lib.nng_aio_free(aio)
         return None
 
+    def release(self) -> None:
+        """Let the peer reuse the segments of the message received last (idempotent)."""
+        if self.segments is not None:
+            self.segments.release()
+
     def close(self) -> None:
         """Close the context (idempotent, thread-safe): its pending send or receive fails."""
         with self._close_lock:
@@ -156,6 +177,7 @@ class ReplySocket:
     def __init__(self, address: str) -> None:
         check_address(address)
         self.address = address
+        self._segments = _Shared.for_address(address, copy_out=False)
         self._socket = pynng.Rep0()
         path = ipc_path(address)
         try:
@@ -173,11 +195,34 @@ class ReplySocket:
 
     def channel(self) -> Channel:
         """A new context for one worker."""
-        return Channel(self._socket, self.address)
+        return Channel(self._socket, self.address, self._segments)
 
     def close(self) -> None:
         """Stop listening: blocked ``recv`` calls raise :class:`TransportError`."""
         self._socket.close()
+        if self._segments is not None:
+            self._segments.close()
+
+
+@dataclass
+class _Shared:
+    """A socket's shared memory: its own segments (shared by its channels) and its maps of the peer's."""
+
+    writer: SegmentWriter
+    cache: SegmentCache
+
+    @classmethod
+    def for_address(cls, address: str, copy_out: bool) -> _Shared | None:
+        """Shared memory for ipc peers (same host) where ``/dev/shm`` is usable; sweeps leftovers first."""
+        if ipc_path(address) is None or not shm_available():
+            return None
+        sweep()
+        return cls(SegmentWriter(), SegmentCache(copy_out))
+
+    def close(self) -> None:
+        """Unlink this socket's segments and drop its maps of the peer's."""
+        self.writer.close()
+        self.cache.close()
 
 
 def _is_stale_socket(path: str) -> bool:
@@ -196,6 +241,8 @@ class RequestSocket:
     def __init__(self, address: str, connect_timeout: float | None) -> None:
         check_address(address)
         self.address = address
+        # Replies are copied out of the server's segments: it reuses them for its next reply.
+        self._segments = _Shared.for_address(address, copy_out=True)
         self._socket = pynng.Req0()
         _check(_lib.nng_socket_set_ms(self._socket.socket, b"req:resend-time", _INFINITE_MS))
         # A non-blocking dial keeps retrying in the background, so the client
@@ -215,8 +262,10 @@ class RequestSocket:
 
     def channel(self) -> Channel:
         """A new context for one request at a time."""
-        return Channel(self._socket, self.address)
+        return Channel(self._socket, self.address, self._segments)
 
     def close(self) -> None:
         """Close the socket (idempotent)."""
         self._socket.close()
+        if self._segments is not None:
+            self._segments.close()

@@ -366,3 +366,78 @@ def test_decoding_never_executes_code(tmp_path) -> None:
             continue
         assert frame.payload == evil  # strings stay strings
     assert not marker.exists()
+
+
+# -- out-of-band buffers (the protocol side; shared memory itself is in test_shm.py) ------------
+
+
+class _Placement:
+    def __init__(self, name: str, offsets: list[int], buffer: bytearray) -> None:
+        self.name, self.offsets, self.buffer = name, offsets, buffer
+
+
+class _MemoryOutOfBand:
+    """An out-of-band writer and resolver on one bytearray, standing in for a segment."""
+
+    def __init__(self, threshold: int, copy_out: bool = False) -> None:
+        self.threshold, self.copy_out = threshold, copy_out
+        self.segment = bytearray()
+
+    def place(self, sizes: list[int]) -> _Placement:
+        offsets, end = [], ALIGNMENT
+        for size in sizes:
+            offsets.append(end)
+            end = -(-(end + size) // ALIGNMENT) * ALIGNMENT
+        self.segment = bytearray(end)
+        return _Placement("seg", offsets, self.segment)
+
+    def view(self, name: str, offset: int, nbytes: int) -> memoryview:
+        if name != "seg" or offset + nbytes > len(self.segment):
+            raise ProtocolError("bad segment reference")
+        return memoryview(self.segment)[offset : offset + nbytes]
+
+
+def test_large_arrays_go_out_of_band_and_small_ones_stay_in_the_message() -> None:
+    oob = _MemoryOutOfBand(threshold=1024)
+    payload = {"big": np.arange(1000, dtype="<f8")[::2], "small": np.arange(5, dtype=">i2"), "n": 3}
+    message_plan = plan(Kind.REQUEST, 9, {"op": "x"}, payload, oob)
+    buffer = bytearray(message_plan.nbytes)
+    message_plan.write_into(buffer)
+    specs = json.loads(bytes(buffer[ENVELOPE.size : ENVELOPE.size + len(message_plan.header)]))["arrays"]
+    assert specs[0]["segment"] == "seg" and specs[0]["offset"] == ALIGNMENT
+    assert "segment" not in specs[1]
+    assert len(buffer) < 4000 / 2  # the big array's 4000 bytes are not in the message
+    for copy_out in (False, True):
+        oob.copy_out = copy_out
+        frame = decode(buffer, oob)
+        assert_same(payload, frame.payload)
+        assert not frame.payload["big"].flags.writeable
+        assert np.shares_memory(frame.payload["big"], np.frombuffer(oob.segment, np.uint8)) is not copy_out
+
+
+def test_a_writer_that_declines_leaves_every_array_in_the_message() -> None:
+    class Declines(_MemoryOutOfBand):
+        def place(self, sizes: list[int]) -> None:
+            return None
+
+    payload = {"big": np.arange(1000, dtype="<f8")}
+    message_plan = plan(Kind.REQUEST, 9, {}, payload, Declines(threshold=1))
+    assert message_plan.nbytes == len(encode(Kind.REQUEST, 9, {}, payload))
+    buffer = bytearray(message_plan.nbytes)
+    message_plan.write_into(buffer)
+    assert_same(payload, decode(buffer).payload)
+
+
+def test_segment_references_need_a_resolver() -> None:
+    oob = _MemoryOutOfBand(threshold=1)
+    message_plan = plan(Kind.REPLY, 1, {}, np.zeros(8), oob)
+    buffer = bytearray(message_plan.nbytes)
+    message_plan.write_into(buffer)
+    with pytest.raises(ProtocolError, match="only accepted over ipc"):
+        decode(buffer)
+    header = json.loads(bytes(buffer[ENVELOPE.size : ENVELOPE.size + len(message_plan.header)]))
+    header["arrays"][0]["segment"] = "other"
+    text = json.dumps(header).encode()
+    forged = ENVELOPE.pack(MAGIC, VERSION, Kind.REPLY, 0, 1, len(text), 0) + text
+    with pytest.raises(ProtocolError, match="bad segment"):
+        decode(forged, oob)

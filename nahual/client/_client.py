@@ -68,6 +68,8 @@ class Client:
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self._ids = itertools.count(random.getrandbits(40) << 20)
+        #: Whether the server reads our shared-memory segments (None: not asked yet).
+        self._shm: bool | None = None
         self.open()
 
     # -- lifecycle -------------------------------------------------------------------
@@ -123,13 +125,17 @@ class Client:
         meta = {"op": operation, **meta}
         if self._token:
             meta["token"] = self._token
-        message = protocol.plan(Kind.REQUEST, request_id, meta, payload)
         channel = self._take_channel()
+        offer, writer = self._shm_offer(channel)
+        if offer is not None:
+            meta["shm"] = offer
         try:
-            channel.send(message, limit)
-            frame = protocol.decode(channel.recv(limit))
+            channel.send(protocol.plan(Kind.REQUEST, request_id, meta, payload, writer), limit)
+            frame = self._receive(channel, limit)
         finally:
             self._channels.put(channel)
+        if "shm" in frame.meta:
+            self._shm = frame.meta["shm"] is True
         if frame.request_id != request_id:
             raise ProtocolError(f"reply to request {frame.request_id} arrived for request {request_id}")
         if frame.kind == Kind.ERROR:
@@ -137,6 +143,28 @@ class Client:
         if frame.kind != Kind.REPLY:
             raise ProtocolError(f"expected a reply, got message kind {frame.kind}")
         return frame.payload
+
+    def _shm_offer(self, channel: Channel) -> tuple[Any, Any]:
+        """The request's ``meta.shm`` and the out-of-band writer to plan it with.
+
+        Shared memory is used only once the server has opened one of our segments
+        (it answers ``shm: true``): a server without ``/dev/shm``, or one that sees
+        another ``/dev/shm`` than ours, keeps getting and sending plain messages.
+        """
+        if channel.writer is None or self._shm is False:
+            return None, None
+        if self._shm:
+            return True, channel.writer
+        return channel.writer.probe(), None  # a segment name for the server to try, arrays in band
+
+    @staticmethod
+    def _receive(channel: Channel, limit: float | None) -> protocol.Frame:
+        """Receive and decode a reply; arrays from the server's shared memory are copied out
+        (it reuses that memory for its next reply), so the segments are released at once."""
+        try:
+            return protocol.decode(channel.recv(limit), channel.segments)
+        finally:
+            channel.release()
 
     def submit(self, operation: str, payload: Any = None, **meta: Any) -> Future:
         """Like :meth:`request`, in a background thread; returns a Future."""

@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from .._config import Timeout
+from ..client import Client  # before the atexit hook below: pynng's own hook (nng_fini) must run after ours
 from ..errors import LaunchError, NahualError, TransportError
 from ._runtime import ipc_path
 
 if TYPE_CHECKING:
-    from ..client import Client
     from ._backends import Backend
 
 __all__ = ["ServerProcess", "State", "group_alive", "log_tail"]
@@ -196,8 +196,6 @@ class ServerProcess:
         timeout : Timeout, float or None
             The client's timeouts; default: the ones given to :func:`nahual.launch`.
         """
-        from ..client import Client
-
         kwargs: dict[str, Any] = {"timeout": self.timeout if timeout is None else timeout}
         if self.token is not None:
             kwargs["token"] = self.token

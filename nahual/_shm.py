@@ -1,0 +1,404 @@
+"""Same-host shared memory: out-of-band array buffers for ``ipc://`` peers.
+
+Layer: beside the wire protocol (stdlib, numpy-free); the transport owns one
+:class:`SegmentWriter` per channel and one :class:`SegmentCache` per socket.
+Large arrays go into a file in ``/dev/shm`` that both processes map, so they
+skip nng's ipc byte stream; the nng message carries only the header (and the
+small arrays). The layout and lifetime rules are in ``docs/protocol.md``.
+
+A segment is ``/dev/shm/nahual-<creator pid>-<16 hex digits>``, mode 0600,
+created with ``O_EXCL``. Its first 64 bytes are a header: magic ``b"NHSM"``
+and a little-endian uint32 *state*. The sender sets ``BUSY`` (or
+``ONESHOT``) before sending; the receiver sets ``FREE`` once it no longer
+needs the bytes, and only then does the sender write into it again. Without
+that handshake a reused segment could be overwritten while the peer still
+reads it: a worker's next reply may go to another client before the first
+client copied its reply out, and a client that timed out reuses its channel
+while the server still runs the request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import re
+import secrets
+import stat
+import struct
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ProtocolError
+
+__all__ = ["SegmentCache", "SegmentReader", "SegmentWriter", "shm_available", "sweep"]
+
+#: Where segments live (a tmpfs: its pages count as RAM, see docs/protocol.md).
+SHM_DIR = "/dev/shm"
+PREFIX = "nahual-"
+NAME_RE = re.compile(r"^nahual-([0-9]{1,10})-[0-9a-f]{16}$")
+MAGIC = b"NHSM"
+#: Bytes before the first buffer: magic and state, padded to the protocol's alignment.
+HEADER = 64
+STATE = struct.Struct("<I")
+STATE_OFFSET = 4
+FREE, BUSY, ONESHOT = 0, 1, 2
+#: Arrays of at least this many bytes go out of band (below it nng's fixed cost dominates).
+THRESHOLD = 256 * 1024
+#: Messages needing more than this get a one-shot segment the receiver unlinks, so
+#: nothing keeps huge segments mapped between messages.
+MAX_REUSED = 256 * 1024 * 1024
+#: Segments one socket keeps at most: about one per request in flight.
+POOL = 8
+#: Free segments unused for this long are closed when the next message is placed (one stays).
+IDLE_S = 30.0
+#: A segment still busy after this long is abandoned (unlinked, never written again):
+#: its reader timed out or died, and must not pin the pool forever.
+STALE_S = 120.0
+#: Peer segments a socket keeps mapped (least recently used are dropped).
+CACHE = 32
+
+
+def _align(offset: int) -> int:
+    return -(-offset // HEADER) * HEADER
+
+
+def shm_available(directory: str | None = None) -> bool:
+    """True when segments can be created (Linux with a writable ``/dev/shm``) and ``NAHUAL_SHM`` is not 0."""
+    directory = directory or SHM_DIR
+    if os.environ.get("NAHUAL_SHM", "1") == "0":
+        return False
+    return os.path.isdir(directory) and os.access(directory, os.W_OK | os.X_OK)
+
+
+def sweep(directory: str | None = None) -> list[str]:
+    """Remove segments of this user whose creator process is gone (left by SIGKILL); returns their names."""
+    directory = directory or SHM_DIR
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(directory):
+            match = NAME_RE.match(entry.name)
+            if match is None or _alive(int(match.group(1))):
+                continue
+            with contextlib.suppress(OSError):
+                if entry.stat(follow_symlinks=False).st_uid == os.getuid():
+                    os.unlink(entry.path)
+                    removed.append(entry.name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
+
+
+class Segment:
+    """One segment this process created: an ``O_EXCL`` file in ``/dev/shm``, mapped read-write."""
+
+    def __init__(self, size: int, state: int, directory: str | None = None) -> None:
+        self.name = f"{PREFIX}{os.getpid()}-{secrets.token_hex(8)}"
+        self.path = os.path.join(directory or SHM_DIR, self.name)
+        self.busy_since = 0.0
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            self._fd = fd
+            self.map: mmap.mmap | None = None
+            self._resize(size)
+            self.map[:4] = MAGIC
+            self.state = state
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+            raise
+
+    def _resize(self, size: int) -> None:
+        # posix_fallocate reserves the pages now: a full tmpfs raises ENOSPC here
+        # (and the sender falls back to nng) instead of SIGBUS on a later write.
+        os.posix_fallocate(self._fd, 0, size)
+        self.map = mmap.mmap(self._fd, size)  # the old map, if any, goes with its last view
+
+    @property
+    def size(self) -> int:
+        """Bytes mapped."""
+        return len(self.map) if self.map is not None else 0
+
+    @property
+    def state(self) -> int:
+        """FREE, BUSY or ONESHOT, as the peer last left it."""
+        return STATE.unpack_from(self.map, STATE_OFFSET)[0]
+
+    @state.setter
+    def state(self, value: int) -> None:
+        STATE.pack_into(self.map, STATE_OFFSET, value)
+
+    def ensure(self, size: int) -> None:
+        """Grow to hold ``size`` bytes (the file only ever grows, so peers' maps stay valid)."""
+        if size > self.size:
+            self._resize(max(size, min(2 * self.size, MAX_REUSED)))
+
+    def close(self, unlink: bool = True, keep_map: bool = False) -> None:
+        """Unlink the file and drop the map; memory goes once no view and no peer maps it."""
+        if unlink:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+        if not keep_map:
+            self.map = None
+
+
+@dataclass
+class Placement:
+    """Where one message's out-of-band arrays go."""
+
+    name: str
+    offsets: list[int]
+    buffer: Any
+
+
+class SegmentWriter:
+    """A socket's own segments, shared by its channels (thread-safe): a segment is reused
+    once the peer marked it FREE, and grown when a message needs more.
+
+    Parameters
+    ----------
+    threshold : int
+        Arrays of at least this many bytes are placed out of band.
+    directory : str, optional
+        Where to create segments (default ``/dev/shm``).
+    """
+
+    def __init__(self, threshold: int = THRESHOLD, directory: str | None = None) -> None:
+        self.threshold = threshold
+        self._directory = directory
+        self._segments: list[Segment] = []
+        self._oneshots: list[tuple[str, float]] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def place(self, sizes: list[int]) -> Placement | None:
+        """Reserve room for arrays of ``sizes`` bytes in one segment; None means "send in band"."""
+        offsets, end = [], HEADER
+        for size in sizes:
+            offsets.append(end)
+            end = _align(end + size)
+        with self._lock:
+            if self._closed:
+                return None
+            self._reap()
+            try:
+                segment = self._oneshot(end) if end > MAX_REUSED else self._reusable(end)
+            except OSError:
+                return None  # no room in /dev/shm, or none at all: nng carries the arrays
+            if segment is None:
+                return None
+            segment.busy_since = time.monotonic()
+            return Placement(segment.name, offsets, segment.map)
+
+    def probe(self) -> str | None:
+        """The name of one of these segments, for a peer to show it can open them."""
+        with self._lock:
+            if not self._segments and not self._closed:
+                try:
+                    self._segments.append(Segment(HEADER, FREE, self._directory))
+                except OSError:
+                    return None
+            return self._segments[0].name if self._segments else None
+
+    def _reusable(self, size: int) -> Segment | None:
+        """The smallest free segment that fits, else the largest free one grown, else a new one."""
+        free = sorted((s for s in self._segments if s.state == FREE), key=lambda s: s.size)
+        segment = next((s for s in free if s.size >= size), free[-1] if free else None)
+        if segment is None:
+            if len(self._segments) >= POOL:
+                return None
+            segment = Segment(size, FREE, self._directory)
+            self._segments.append(segment)
+        segment.ensure(size)
+        segment.state = BUSY
+        return segment
+
+    def _oneshot(self, size: int) -> Segment:
+        segment = Segment(size, ONESHOT, self._directory)
+        self._oneshots.append((segment.path, time.monotonic()))
+        segment.close(unlink=False, keep_map=True)  # the receiver unlinks it
+        return segment
+
+    def _reap(self) -> None:
+        """Abandon segments whose reader never released them; close those idle for long."""
+        now = time.monotonic()
+        stale = [s for i, s in enumerate(self._segments) if _expired(s, now, keep=i == 0)]
+        for segment in stale:
+            segment.close()
+        self._segments = [s for s in self._segments if s not in stale]
+        for path, made in self._oneshots:
+            if now - made > STALE_S:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+        self._oneshots = [(p, t) for p, t in self._oneshots if now - t <= STALE_S and os.path.exists(p)]
+
+    def close(self) -> None:
+        """Unlink every segment of this socket (idempotent)."""
+        with self._lock:
+            self._closed = True
+            for segment in self._segments:
+                segment.close()
+            for path, _made in self._oneshots:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            self._segments, self._oneshots = [], []
+
+
+def _expired(segment: Segment, now: float, keep: bool) -> bool:
+    """Busy past STALE_S (its reader is gone), or free and idle past IDLE_S (unless ``keep``)."""
+    idle = now - segment.busy_since
+    if segment.state != FREE:
+        return idle > STALE_S
+    return not keep and idle > IDLE_S
+
+
+@dataclass
+class _Mapped:
+    map: mmap.mmap
+    fd: int
+
+
+class SegmentCache:
+    """A socket's maps of its peers' segments, by name; re-mapped when a segment grew.
+
+    Parameters
+    ----------
+    copy_out : bool
+        True where the sender reuses segments as soon as they are released (the
+        client: replies are copied into private memory while decoding).
+    directory : str, optional
+        Where segments live (default ``/dev/shm``).
+    """
+
+    def __init__(self, copy_out: bool, directory: str | None = None) -> None:
+        self.copy_out = copy_out
+        self._directory = directory
+        self._maps: dict[str, _Mapped] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def reader(self) -> SegmentReader:
+        """A per-channel reader that remembers which segments to release."""
+        return SegmentReader(self)
+
+    def mapping(self, name: str, end: int) -> tuple[mmap.mmap, bool]:
+        """Segment ``name``, mapped to at least ``end`` bytes if the file has them, and whether it is one-shot."""
+        if not isinstance(name, str) or NAME_RE.match(name) is None:
+            raise ProtocolError(f"bad shared-memory segment name {name!r}")
+        with self._lock:
+            if self._closed:
+                raise ProtocolError("the socket is closed")
+            mapped = self._maps.pop(name, None)
+            if mapped is None:
+                mapped = self._open(name)
+                if mapped.fd < 0:
+                    return mapped.map, True
+            elif end > len(mapped.map):
+                mapped = _Mapped(self._checked_map(mapped.fd, name), mapped.fd)  # it grew
+            self._maps[name] = mapped  # most recently used last
+            while len(self._maps) > CACHE:
+                self._drop(next(iter(self._maps)))
+        return mapped.map, False
+
+    def _open(self, name: str) -> _Mapped:
+        path = os.path.join(self._directory or SHM_DIR, name)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            raise ProtocolError(
+                f"shared-memory segment {name} cannot be opened ({exc.strerror}): both ends of an ipc "
+                "address must see the same /dev/shm, or set NAHUAL_SHM=0 on the client"
+            ) from None
+        try:
+            mapped = _Mapped(self._checked_map(fd, name), fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        if STATE.unpack_from(mapped.map, STATE_OFFSET)[0] == ONESHOT:
+            with contextlib.suppress(OSError):
+                os.unlink(path)  # ours now: the memory goes with the last view
+            os.close(fd)
+            return _Mapped(mapped.map, -1)
+        return mapped
+
+    @staticmethod
+    def _checked_map(fd: int, name: str) -> mmap.mmap:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or info.st_size < HEADER:
+            raise ProtocolError(f"{name} is not a shared-memory segment of this user")
+        segment = mmap.mmap(fd, info.st_size)
+        if segment[:4] != MAGIC:
+            raise ProtocolError(f"{name} is not a nahual shared-memory segment")
+        return segment
+
+    def _drop(self, name: str) -> None:
+        mapped = self._maps.pop(name)
+        os.close(mapped.fd)
+
+    def close(self) -> None:
+        """Drop every map (idempotent); views handed out keep their own pages alive."""
+        with self._lock:
+            self._closed = True
+            for name in list(self._maps):
+                self._drop(name)
+
+
+class SegmentReader:
+    """What :func:`nahual._protocol.decode` resolves segment names with, for one channel.
+
+    It keeps the segments a received message used mapped until :meth:`release`
+    marks them FREE for their sender, once the channel is done with that message.
+    """
+
+    def __init__(self, cache: SegmentCache) -> None:
+        self.cache = cache
+        self._used: dict[str, mmap.mmap] = {}
+        self._oneshots: dict[str, mmap.mmap] = {}
+
+    @property
+    def copy_out(self) -> bool:
+        """Whether decoded arrays must be copied out of the segment."""
+        return self.cache.copy_out
+
+    def view(self, name: str, offset: int, nbytes: int) -> memoryview:
+        """Bytes of a peer segment (raises :class:`ProtocolError` for bad names or bounds)."""
+        if not isinstance(name, str) or NAME_RE.match(name) is None:
+            raise ProtocolError(f"bad shared-memory segment name {name!r}")
+        if type(offset) is not int or type(nbytes) is not int or offset < HEADER or offset % HEADER or nbytes < 0:
+            raise ProtocolError(f"segment offset {offset!r} is not an aligned offset past the segment header")
+        segment = self._oneshots.get(name)
+        if segment is None:
+            segment, oneshot = self.cache.mapping(name, offset + nbytes)
+            (self._oneshots if oneshot else self._used)[name] = segment
+        if offset + nbytes > len(segment):
+            raise ProtocolError(f"bytes [{offset}, {offset + nbytes}) lie outside segment {name} of {len(segment)}")
+        return memoryview(segment)[offset : offset + nbytes]
+
+    def probe(self, name: Any) -> bool:
+        """True when the peer's segment ``name`` can be opened here (same host, same ``/dev/shm``)."""
+        try:
+            self.cache.mapping(name, HEADER)
+        except (ProtocolError, TypeError):
+            return False
+        return True
+
+    def release(self) -> None:
+        """Mark the segments of the last received message FREE for their sender."""
+        used, self._used, self._oneshots = self._used, {}, {}
+        for segment in used.values():
+            STATE.pack_into(segment, STATE_OFFSET, FREE)
