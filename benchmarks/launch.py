@@ -103,9 +103,7 @@ def main() -> int:
             else:
                 cold, *warm = time_launches(specs[name], args.repeat)
             goal = f"< {goals[name]}" if name in goals else "-"
-            print(
-                f"{name:<8} {cold:8.3f} {statistics.median(warm):9.3f} {min(warm):7.3f} {max(warm):7.3f}  {goal}"
-            )
+            print(f"{name:<8} {cold:8.3f} {statistics.median(warm):9.3f} {min(warm):7.3f} {max(warm):7.3f}  {goal}")
     return 0
 
 

@@ -182,7 +182,8 @@ def _to_tree(value: Any, arrays: list[np.ndarray], depth: int) -> Any:
     if isinstance(value, (list, tuple)):
         return [_to_tree(item, arrays, depth + 1) for item in value]
     raise TypeError(
-        f"cannot send a {type(value).__name__}: payloads hold dicts, lists, str, int, float, bool, None and numpy arrays"
+        f"cannot send a {type(value).__name__}: payloads hold dicts, lists, str, int, float, bool, None "
+        "and numpy arrays"
     )
 
 

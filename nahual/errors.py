@@ -45,7 +45,7 @@ class TransportError(NahualError):
     """The nng socket failed: closed, connection refused, address in use."""
 
 
-class TimeoutError(TransportError, builtins.TimeoutError):  # noqa: A001 - deliberate shadow
+class TimeoutError(TransportError, builtins.TimeoutError):
     """No reply arrived within the timeout."""
 
 

@@ -177,13 +177,22 @@ def draw_tracks(image: Any, tracks: dict[str, Any], name: str, path: Path) -> Pa
         colour = colours(lineages[int(roots[a])] % 20)
         panel.plot([nodes["x"][a], nodes["x"][b]], [nodes["y"][a], nodes["y"][b]], "-", color=colour, lw=2)
     at_last = nodes["t"] == last
-    panel.scatter(nodes["x"][at_last], nodes["y"][at_last], s=10,
-                  c=[colours(lineages[int(r)] % 20) for r in roots[at_last]])
+    panel.scatter(
+        nodes["x"][at_last], nodes["y"][at_last], s=10, c=[colours(lineages[int(r)] % 20) for r in roots[at_last]]
+    )
     mothers = _mothers(edges)
     if mothers.size:
         index = [where[m] for m in mothers.tolist()]
-        panel.scatter(nodes["x"][index], nodes["y"][index], marker="*", s=120, c="white", edgecolors="red", lw=0.8,
-                      label=f"divisions ({mothers.size})")
+        panel.scatter(
+            nodes["x"][index],
+            nodes["y"][index],
+            marker="*",
+            s=120,
+            c="white",
+            edgecolors="red",
+            lw=0.8,
+            label=f"divisions ({mothers.size})",
+        )
         panel.legend(loc="lower right", fontsize="small")
     panel.set_title(f"{name}: {len(lineages)} lineages over {last + 1} frames (image at t = {last})")
     panel.axis("off")

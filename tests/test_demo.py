@@ -94,7 +94,7 @@ def test_lineage_graph_links_consecutive_frames_and_mothers_to_two_daughters(sce
     nodes, edges = scene.nodes, scene.edges
     t_of = dict(zip(nodes["id"].tolist(), nodes["t"].tolist()))
     assert all(t_of[d] == t_of[s] + 1 for s, d in zip(edges["source"].tolist(), edges["target"].tolist()))
-    sources, counts = np.unique(edges["source"], return_counts=True)
+    _sources, counts = np.unique(edges["source"], return_counts=True)
     assert set(counts.tolist()) <= {1, 2}
     assert (counts == 2).sum() == scene.divisions
     starts_without_parent = (scene.tracks["parent"] == 0).sum()

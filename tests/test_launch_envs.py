@@ -58,7 +58,9 @@ def test_test_environment_locks_are_current(name: str) -> None:
     uv = UvEnv(str(ENVS / name))
     done = subprocess.run(
         [shutil.which("uv") or "uv", "lock", "--check", "--project", str(uv.project), "--python", uv.interpreter],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     fix = f"tests/envs/{name}/uv.lock is stale; run: uv lock --project tests/envs/{name}"
     assert done.returncode == 0, f"{fix}\n{done.stderr}"
@@ -94,6 +96,7 @@ def test_a_synced_environment_is_not_synced_again(monkeypatch: pytest.MonkeyPatc
     assert env.is_synced()
     calls: list[list[str]] = []
     from nahual.launcher import _backends as backends
+
     monkeypatch.setattr(backends, "run_tool", lambda argv, what, env=None: calls.append(argv))
     env.prepare()
     assert calls == []

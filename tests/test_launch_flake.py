@@ -57,7 +57,9 @@ def stubbed_flake(tmp_path: Path, envs: dict[str, str]) -> Path:
 def nix_eval(flake: Path, apply: str) -> object:
     done = subprocess.run(
         ["nix", "eval", "--json", f"path:{flake}#devShells.x86_64-linux", "--apply", apply],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)

@@ -146,7 +146,7 @@ def test_readiness_timeout_stops_everything(runtime: Path) -> None:
 
 def test_stop_kills_processes_the_server_left_in_its_group(runtime: Path, tmp_path: Path) -> None:
     pid_file = tmp_path / "straggler"
-    spec = f"cmd:sh -c '(trap \"\" TERM; exec sleep 300) & echo $! > {pid_file}; exec \"$@\"' sh"
+    spec = f'cmd:sh -c \'(trap "" TERM; exec sleep 300) & echo $! > {pid_file}; exec "$@"\' sh'
     with launch(spec, timeout=30) as server:
         straggler = int(pid_file.read_text())
         assert alive(straggler)

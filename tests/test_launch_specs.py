@@ -139,7 +139,16 @@ def test_params_without_a_model_are_refused() -> None:
     with pytest.raises(ConfigError, match="params need a model to preload"):
         serve_args("ipc://x", params={"sigma": 1})
     assert serve_args("ipc://x", None, "echo", {"delay_s": 0}, parent=7) == [
-        "-m", "nahual", "serve", "ipc://x", "--preload", "echo", "--params", '{"delay_s": 0}', "--parent", "7",
+        "-m",
+        "nahual",
+        "serve",
+        "ipc://x",
+        "--preload",
+        "echo",
+        "--params",
+        '{"delay_s": 0}',
+        "--parent",
+        "7",
     ]
 
 
@@ -192,6 +201,7 @@ def test_env_prepare_of_an_unavailable_env_fails_in_one_line(
 
 def test_the_launch_package_exports_what_it_declares() -> None:
     import nahual.launcher as package
+
     assert sorted(package.__all__) == sorted(set(package.__all__))
     for name in package.__all__:
         assert getattr(package, name) is not None

@@ -10,10 +10,10 @@ import pytest
 pytest.importorskip("matplotlib")
 pytest.importorskip("zarr")
 
-from nahual.cli import main  # noqa: E402
-from nahual.demo import make_demo, write_demo  # noqa: E402
-from nahual.report import lineage_roots, outlines, plane, write_report  # noqa: E402
-from nahual.stream import write_image, write_labels  # noqa: E402
+from nahual.cli import main
+from nahual.demo import make_demo, write_demo
+from nahual.report import lineage_roots, outlines, plane, write_report
+from nahual.stream import write_image, write_labels
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -34,8 +34,19 @@ def png_size(path) -> tuple[int, int]:
 
 def test_cli_draws_outlines_tracks_and_summary_and_prints_the_summary(demo, tmp_path, capsys):
     path, data = demo
-    status = main(["report", str(path), str(tmp_path / "out"), "--labels", "ground_truth",
-                   "--tracks", "ground_truth", "--frames", "3"])
+    status = main(
+        [
+            "report",
+            str(path),
+            str(tmp_path / "out"),
+            "--labels",
+            "ground_truth",
+            "--tracks",
+            "ground_truth",
+            "--frames",
+            "3",
+        ]
+    )
     assert status == 0
     summary = json.loads(capsys.readouterr().out)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["outlines.png", "summary.png", "tracks.png"]

@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 
 pytest.importorskip("zarr")
 
-from nahual import Contract  # noqa: E402
-from nahual.errors import ConfigError, ContractError  # noqa: E402
-from nahual.stream import make_plan, parse_shard, parse_tile  # noqa: E402
-from nahual.stream._plan import choose_model_axes  # noqa: E402
+from nahual import Contract
+from nahual.errors import ConfigError, ContractError
+from nahual.stream import make_plan, parse_shard, parse_tile
+from nahual.stream._plan import choose_model_axes
 
 SEG_2D = Contract(axes=("yx",), output="labels", halo=8)
 

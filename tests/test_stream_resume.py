@@ -77,7 +77,7 @@ def test_sigkill_at_random_points_then_resume(image, reference):
     state = RunState(str(image), "seg")
     total = 3 * 9
     rng = random.Random(7)
-    kill_points = sorted(rng.sample(range(1, total), 2)) + [total]  # the last one lands while stitching
+    kill_points = [*sorted(rng.sample(range(1, total), 2)), total]  # the last one lands while stitching
     kills = 0
     for point in kill_points:
         process = subprocess.Popen(
@@ -108,6 +108,8 @@ def test_a_different_run_cannot_reuse_an_output(image):
         apply(model, image, "seg", tile="y=64,x=64", halo=16, shard="0/3", progress=False)
         with pytest.raises(ConfigError, match=r"different run \(plan differ\)"):
             apply(model, image, "seg", tile="y=128,x=128", halo=16, progress=False)
-    with LocalModel(Blobs, {"threshold": 0.7}) as other:
-        with pytest.raises(ConfigError, match=r"different run \(params differ\)"):
-            apply(other, image, "seg", tile="y=64,x=64", halo=16, progress=False)
+    with (
+        LocalModel(Blobs, {"threshold": 0.7}) as other,
+        pytest.raises(ConfigError, match=r"different run \(params differ\)"),
+    ):
+        apply(other, image, "seg", tile="y=64,x=64", halo=16, progress=False)

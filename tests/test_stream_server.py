@@ -73,7 +73,7 @@ def test_a_dying_server_stops_the_run_naming_block_and_server(serve, image):
 def _run(handle, image):
     try:
         apply(handle, image, "seg", progress=False, **TILE)
-    except Exception as exc:  # noqa: BLE001 - the test inspects it
+    except Exception as exc:
         return exc
     return None
 

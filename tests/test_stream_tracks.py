@@ -43,13 +43,13 @@ def test_tracker_output_is_geff_with_relabelled_masks_and_exports_to_ctc(dividin
     )
     graph = f"{path}/tracks/lineage"
     geff.validate_structure(graph)
-    nodes, edges, meta = read_tracks(path, "lineage")
+    nodes, _edges, meta = read_tracks(path, "lineage")
     assert meta["related_objects"][0]["path"] == "../../labels/lineage"
     assert meta["extra"]["nahual"]["model"] == "stream_models:Overlap"
     masks = zarr.open_group(f"{path}/labels/lineage", mode="r")["0"][...]
     # every node's seg_id is the value painted at its centroid in the relabelled masks
     for t, y, x, seg in zip(nodes["t"], nodes["y"], nodes["x"], nodes["seg_id"]):
-        assert masks[int(t), int(round(y)), int(round(x))] == seg
+        assert masks[int(t), round(y), round(x)] == seg
     assert np.array_equal(masks > 0, labels > 0)
     mother = masks[0, 20, 20]
     daughters = {int(masks[1, 15, 16]), int(masks[1, 25, 26])}

@@ -68,7 +68,12 @@ def snakemake_cmd(*args: str) -> list[str]:
 def run_snakemake(workdir: Path, *args: str, timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess:
     """Run snakemake in ``workdir`` (its default profile applies) and return the finished process."""
     return subprocess.run(
-        snakemake_cmd(*args), cwd=workdir, capture_output=True, text=True, timeout=timeout, env=snakemake_env(),
+        snakemake_cmd(*args),
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=snakemake_env(),
         check=False,
     )
 
@@ -143,8 +148,13 @@ def tracking_graph(store: Path, name: str):
     masks = zarr.open_group(labels_path, mode="r")["0"][...]
     graph = nx.DiGraph()
     for i, node in enumerate(nodes["id"].tolist()):
-        graph.add_node(node, t=int(nodes["t"][i]), segmentation_id=int(nodes["seg_id"][i]),
-                       y=float(nodes["y"][i]), x=float(nodes["x"][i]))
+        graph.add_node(
+            node,
+            t=int(nodes["t"][i]),
+            segmentation_id=int(nodes["seg_id"][i]),
+            y=float(nodes["y"][i]),
+            x=float(nodes["x"][i]),
+        )
     graph.add_edges_from(map(tuple, edges.tolist()))
     return TrackingGraph(graph, segmentation=masks, location_keys=("y", "x"))
 
@@ -186,7 +196,9 @@ def test_default_run_leaves_no_server_socket_lock_or_process(default_run):
     assert_nothing_left(default_run)
     logs = sorted((default_run / "logs" / "serve_model").rglob("*.log"))
     assert [p.relative_to(default_run / "logs").as_posix() for p in logs] == [
-        "serve_model/features/0.log", "serve_model/nuclei/0.log", "serve_model/tracks/0.log",
+        "serve_model/features/0.log",
+        "serve_model/nuclei/0.log",
+        "serve_model/tracks/0.log",
     ]
 
 
@@ -232,8 +244,10 @@ def test_default_run_segments_and_tracks_the_demo_accurately(default_run):
     named = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for matcher, metric in ((CTCMatcher(), CTCMetrics()),
-                                (IOUMatcher(iou_threshold=0.5, one_to_one=True), DivisionMetrics())):
+        for matcher, metric in (
+            (CTCMatcher(), CTCMetrics()),
+            (IOUMatcher(iou_threshold=0.5, one_to_one=True), DivisionMetrics()),
+        ):
             truth, found = tracking_graph(store, "ground_truth"), tracking_graph(store, "tracks")
             results, _ = run_metrics(truth, found, matcher, [metric])
             named.update({r["metric"]["name"]: r["results"] for r in results})
@@ -266,12 +280,19 @@ def start_and_stop_halfway(workdir: Path, stop: signal.Signals, whole_group: boo
     blocks = workdir / STORE / ".nahual" / "nuclei" / "blocks"
     with open(workdir / "first-run.log", "w") as log:
         process = subprocess.Popen(
-            snakemake_cmd("--cores", "2"), cwd=workdir, env=snakemake_env(),
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            snakemake_cmd("--cores", "2"),
+            cwd=workdir,
+            env=snakemake_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
-        wait_until(lambda: (blocks.is_dir() and any(blocks.glob("*.json"))) or process.poll() is not None,
-                   timeout=RUN_TIMEOUT, what="the first block of the segmentation")
+        wait_until(
+            lambda: (blocks.is_dir() and any(blocks.glob("*.json"))) or process.poll() is not None,
+            timeout=RUN_TIMEOUT,
+            what="the first block of the segmentation",
+        )
         assert process.poll() is None, (workdir / "first-run.log").read_text()[-3000:]
         if whole_group:  # Ctrl-C in a terminal: SIGINT to the whole foreground process group
             os.killpg(process.pid, stop)
@@ -283,9 +304,10 @@ def start_and_stop_halfway(workdir: Path, stop: signal.Signals, whole_group: boo
             process.kill()
             process.wait()
     assert process.returncode != 0
-    assert not (workdir / "results" / "demo" / "features.done").exists() or not (
-        workdir / "results" / "demo" / "tracks.done"
-    ).exists(), "the first run finished before it was stopped"
+    assert (
+        not (workdir / "results" / "demo" / "features.done").exists()
+        or not (workdir / "results" / "demo" / "tracks.done").exists()
+    ), "the first run finished before it was stopped"
 
 
 def recorded_blocks(workdir: Path) -> dict[str, int]:
@@ -316,8 +338,11 @@ def test_a_killed_snakemake_needs_no_unlock_and_the_rerun_resumes(default_run, t
     try:
         start_and_stop_halfway(workdir, signal.SIGKILL, whole_group=False)
         # its servers follow it (--parent); the lock it held stays
-        wait_until(lambda: not [p for p in processes_in(workdir) if "nahual serve" in p[1]], timeout=60,
-                   what="the servers of the killed snakemake to exit")
+        wait_until(
+            lambda: not [p for p in processes_in(workdir) if "nahual serve" in p[1]],
+            timeout=60,
+            what="the servers of the killed snakemake to exit",
+        )
         assert os.listdir(workdir / ".snakemake" / "locks")
         result = run_snakemake(workdir, "--cores", "2")
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -364,8 +389,16 @@ def test_dry_run_of_the_slurm_profile_plans_one_group_job_per_server(tmp_path):
     result = run_snakemake(workdir, "--workflow-profile", "profiles/slurm", "-n", timeout=120)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout + result.stderr
-    for rule in ("demo_data", "env_prepare", "serve_model", "segment_apply", "segment_stitch",
-                 "track_apply", "measure_apply", "report_figures"):
+    for rule in (
+        "demo_data",
+        "env_prepare",
+        "serve_model",
+        "segment_apply",
+        "segment_stitch",
+        "track_apply",
+        "measure_apply",
+        "report_figures",
+    ):
         assert f"rule {rule}" in out, rule
     # one per server: two for nuclei (4 shards dealt over 2 instances), tracks, features
     assert out.count("Group job nahual") == 4
@@ -385,8 +418,10 @@ def test_dry_run_of_the_deep_models_config(tmp_path):
     [
         ({"streaming": {"tilee": 3}}, ["'tilee' was unexpected", "On instance['streaming']"]),
         ({"streaming": {"shards": "two"}}, ["'two' is not of type 'integer'", "On instance['streaming']['shards']"]),
-        ({"models": {"threshold": {"instances": 0}}},
-         ["0 is less than the minimum of 1", "On instance['models']['threshold']['instances']"]),
+        (
+            {"models": {"threshold": {"instances": 0}}},
+            ["0 is less than the minimum of 1", "On instance['models']['threshold']['instances']"],
+        ),
         ({"models": {"threshold": {"env": "conda:x"}}}, ["'conda:x' does not match", "['threshold']['env']"]),
         ({"chain": [{"name": "nuclei", "model": "thresh"}]}, ["config error at chain[0].model: 'thresh' is not a key"]),
         ({"chain": [{"name": "t", "model": "laptrack", "input": "nuclei"}]}, ["config error at chain[0].input"]),

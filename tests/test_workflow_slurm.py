@@ -83,13 +83,25 @@ def submitted_jobid(lines: list[str], log_folder: str) -> str:
 def test_default_workflow_runs_through_the_slurm_executor(slurm_cluster, tmp_path):
     gpus = cluster_gpus()
     # where the node has (fake) GPUs, the segmentation server asks for one, as a deep model's would
-    workdir = copy_workflow(tmp_path / "wf", {"models": {"threshold": {"resources": {
-        "threads": 1, "mem_mb": 2000, "runtime": 30, "gpu": 1 if gpus else 0}}}})
+    workdir = copy_workflow(
+        tmp_path / "wf",
+        {
+            "models": {
+                "threshold": {"resources": {"threads": 1, "mem_mb": 2000, "runtime": 30, "gpu": 1 if gpus else 0}}
+            }
+        },
+    )
     before = queued_jobs()
     try:
         result = run_snakemake(
-            workdir, "--workflow-profile", "profiles/slurm",
-            "--slurm-no-account", "--slurm-init-seconds-before-status-checks", "5", "--latency-wait", "60",
+            workdir,
+            "--workflow-profile",
+            "profiles/slurm",
+            "--slurm-no-account",
+            "--slurm-init-seconds-before-status-checks",
+            "5",
+            "--latency-wait",
+            "60",
         )
         assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
         wait_until(lambda: not queued_jobs() - before, timeout=60, what="the jobs of the run to leave the queue")

@@ -88,9 +88,8 @@ def test_regionprops_server_measures_like_an_in_process_call(scene, servers):
 
 
 def test_a_wrong_payload_is_refused_by_the_remote_model_with_the_expected_axes(servers):
-    with servers["threshold"].client() as client:
-        with pytest.raises(nahual.RemoteError, match="expects axes cyx or czyx"):
-            client.load("threshold")({"image": np.zeros((2, 2, 8, 8), np.float32), "axes": "tcyx"})
+    with servers["threshold"].client() as client, pytest.raises(nahual.RemoteError, match="expects axes cyx or czyx"):
+        client.load("threshold")({"image": np.zeros((2, 2, 8, 8), np.float32), "axes": "tcyx"})
 
 
 def test_the_three_environments_really_differ(servers):

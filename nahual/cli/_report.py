@@ -32,8 +32,13 @@ def run_report(args: argparse.Namespace) -> int:
     from ..report import write_report
 
     summary = write_report(
-        args.image, args.outdir, labels=args.labels, tracks=args.tracks,
-        frames=args.frames, channel=args.channel, axes=args.axes,
+        args.image,
+        args.outdir,
+        labels=args.labels,
+        tracks=args.tracks,
+        frames=args.frames,
+        channel=args.channel,
+        axes=args.axes,
     )
     print(json.dumps(summary))
     return 0

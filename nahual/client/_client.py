@@ -16,8 +16,9 @@ import queue
 import random
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from .. import _protocol as protocol
 from .._config import DEFAULT_TIMEOUT, Timeout, parse_timeout

@@ -1,4 +1,7 @@
-"""Seed-style calls to the ``echo`` model: ``load_model(parameters, address=...)``, ``process_data(data, address=...)``."""
+"""Seed-style calls to the ``echo`` model.
+
+``load_model(parameters, address=...)``, then ``process_data(data, address=...)``.
+"""
 
 from ._seed import seed_api
 

@@ -82,7 +82,6 @@ class LapTrack(Model):
         return {"nodes": nodes, "edges": edges, "track_id": track_id, "tracks": tracks}
 
 
-
 def _labels(payload: dict[str, Any], contract: Contract) -> np.ndarray:
     """The integer label series from the payload, checked against the contract."""
     labels = contract.read_payload(payload)[0]["labels"]

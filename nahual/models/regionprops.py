@@ -87,8 +87,6 @@ class RegionProps(Model):
         return {"table": table}
 
 
-
-
 def measure(image: np.ndarray, labels: np.ndarray, p: dict[str, Any]) -> dict[str, np.ndarray]:
     """The table of one frame: ``image`` is (c, [z,] y, x), ``labels`` ([z,] y, x)."""
     from skimage.measure import regionprops_table

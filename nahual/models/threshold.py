@@ -95,7 +95,6 @@ class Threshold(Model):
         return {"labels": segment(_nuclear_channel(arrays["image"], axes, p["channel"]), p)}
 
 
-
 def _nuclear_channel(image: np.ndarray, axes: str, channel: int) -> np.ndarray:
     """The spatial array of the chosen channel, as float32."""
     if "c" in axes:

@@ -101,7 +101,7 @@ def make_job(
     *,
     kind: str | None,
     axes: str | None,
-    level: int,  # noqa: A002
+    level: int,
     labels: str | None,
     tile: str | dict[str, int] | None,
     halo: int | None,

@@ -150,7 +150,7 @@ class _Pipeline:
             if failed is not None:
                 worker.reconnect(failed)
             self.pending[worker.submit(payload)] = (block, payload, worker, tries)
-        except Exception as again:  # noqa: BLE001 - reported as the block's failure
+        except Exception as again:
             self._fail(again, block, worker)
 
     def run(self, blocks: Iterable[Block]) -> None:
@@ -185,7 +185,7 @@ class _Pipeline:
 
 def apply(
     model: Any | Sequence[Any],
-    input: str | os.PathLike,  # noqa: A002 - the CLI's word
+    input: str | os.PathLike,
     output: str,
     *,
     kind: str | None = None,

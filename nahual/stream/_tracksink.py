@@ -140,7 +140,7 @@ class TrackSink:
         columns |= {"seg_id": track.astype(np.uint32), "track_id": track, "source_label": nodes["label"]}
         write_tracks(self.target.image_path, self.state.name, columns, pairs, labels_name=self.state.name, attrs=attrs)
         self.state.record(
-            block.index, {"nodes": int(track.size), "edges": int(len(pairs)), "tracks": int(track.max(initial=0))}
+            block.index, {"nodes": int(track.size), "edges": len(pairs), "tracks": int(track.max(initial=0))}
         )
 
     def finalize(self, attrs: dict[str, Any]) -> dict[str, Any]:
