@@ -172,7 +172,25 @@ class Channel:
         _lib.nng_ctx_close(self._ctx[0])  # an error means nng closed it already, with its socket
 
 
-class ReplySocket:
+class _Socket:
+    """What both socket kinds share: channels over one nng socket and its shared memory."""
+
+    address: str
+    _socket: pynng.Socket
+    _segments: _Shared | None
+
+    def channel(self) -> Channel:
+        """A new context: one request/reply conversation at a time, beside the others."""
+        return Channel(self._socket, self.address, self._segments)
+
+    def close(self) -> None:
+        """Close the socket (blocked ``recv`` calls raise :class:`TransportError`) and its segments."""
+        self._socket.close()
+        if self._segments is not None:
+            self._segments.close()
+
+
+class ReplySocket(_Socket):
     """A listening Rep0 socket; each worker thread talks through its own :class:`Channel`."""
 
     def __init__(self, address: str) -> None:
@@ -191,18 +209,8 @@ class ReplySocket:
                     os.unlink(path)  # left behind by a server that was killed
                     self._socket.listen(address)
         except BaseException:
-            self._socket.close()
+            self.close()
             raise
-
-    def channel(self) -> Channel:
-        """A new context for one worker."""
-        return Channel(self._socket, self.address, self._segments)
-
-    def close(self) -> None:
-        """Stop listening: blocked ``recv`` calls raise :class:`TransportError`."""
-        self._socket.close()
-        if self._segments is not None:
-            self._segments.close()
 
 
 @dataclass
@@ -236,7 +244,7 @@ def _is_stale_socket(path: str) -> bool:
     return False
 
 
-class RequestSocket:
+class RequestSocket(_Socket):
     """A dialing Req0 socket; each concurrent request uses its own :class:`Channel`."""
 
     def __init__(self, address: str, connect_timeout: float | None) -> None:
@@ -256,17 +264,7 @@ class RequestSocket:
         delay = 0.001
         while not self._socket.pipes:
             if deadline is not None and time.monotonic() > deadline:
-                self._socket.close()
+                self.close()
                 raise TimeoutError(f"could not connect to {self.address} within {timeout} s (is the server running?)")
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
-
-    def channel(self) -> Channel:
-        """A new context for one request at a time."""
-        return Channel(self._socket, self.address, self._segments)
-
-    def close(self) -> None:
-        """Close the socket (idempotent)."""
-        self._socket.close()
-        if self._segments is not None:
-            self._segments.close()

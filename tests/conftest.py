@@ -24,12 +24,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 #: Seconds a server may take to write its ready file (generous for a loaded 2-core CI box).
 READY_TIMEOUT = 30.0
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie nobody reaped counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def object_f1(truth: np.ndarray, predicted: np.ndarray, iou: float = 0.5) -> float:
+    """F1 of object matching at IoU > ``iou`` (a match above 0.5 is unique by construction)."""
+    t, p = truth.ravel().astype(np.int64), predicted.ravel().astype(np.int64)
+    nt, np_ = int(t.max()) + 1, int(p.max()) + 1
+    overlap = np.bincount(t * np_ + p, minlength=nt * np_).reshape(nt, np_)
+    union = overlap.sum(1)[:, None] + overlap.sum(0)[None, :] - overlap
+    matches = int((overlap / np.maximum(union, 1))[1:, 1:].__gt__(iou).sum())
+    n_truth, n_pred = len(np.unique(t)) - 1, len(np.unique(p)) - 1
+    return 2 * matches / max(n_truth + n_pred, 1)
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import wait_until
+from conftest import alive, wait_until
 
 from nahual.errors import LaunchError
 from nahual.launcher import NixEnv, UvEnv, launch, parse_env_spec
@@ -29,15 +29,6 @@ DEADLINE = 60.0
 
 needs_uv = pytest.mark.skipif(not UvEnv.tool()[0], reason="uv is not installed (pip install uv)")
 needs_nix = pytest.mark.skipif(not NixEnv.tool()[0], reason="nix is not installed (.ci/setup-nix.sh installs it)")
-
-
-def alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie nobody reaped counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 @pytest.fixture(autouse=True)

@@ -18,22 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import wait_until
+from conftest import alive, wait_until
 
 from nahual.errors import LaunchError
 from nahual.launcher import ServerProcess, State, launch
 from nahual.launcher._handle import log_tail
 
 DEADLINE = 15.0
-
-
-def alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie nobody reaped counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def group_members(pgid: int) -> list[int]:

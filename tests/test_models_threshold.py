@@ -4,21 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import object_f1
 
 from nahual.demo import make_demo
 from nahual.errors import ContractError
 from nahual.models.threshold import Threshold
-
-
-def object_f1(truth: np.ndarray, predicted: np.ndarray, iou: float = 0.5) -> float:
-    """F1 of object matching at IoU > ``iou`` (a match above 0.5 is unique by construction)."""
-    t, p = truth.ravel().astype(np.int64), predicted.ravel().astype(np.int64)
-    nt, np_ = int(t.max()) + 1, int(p.max()) + 1
-    overlap = np.bincount(t * np_ + p, minlength=nt * np_).reshape(nt, np_)
-    union = overlap.sum(1)[:, None] + overlap.sum(0)[None, :] - overlap
-    matches = int((overlap / np.maximum(union, 1))[1:, 1:].__gt__(iou).sum())
-    n_truth, n_pred = len(np.unique(t)) - 1, len(np.unique(p)) - 1
-    return 2 * matches / max(n_truth + n_pred, 1)
 
 
 def disks(shape: tuple[int, ...], centres: list[tuple[int, ...]], radius: float) -> np.ndarray:

@@ -27,7 +27,7 @@ import yaml
 zarr = pytest.importorskip("zarr")
 pytest.importorskip("snakemake")
 
-from conftest import ROOT, wait_until  # noqa: E402
+from conftest import ROOT, object_f1, wait_until  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -123,17 +123,6 @@ def leftovers(workdir: Path) -> dict[str, list]:
 def assert_nothing_left(workdir: Path) -> None:
     wait_until(lambda: not processes_in(workdir), timeout=30, what=f"processes in {workdir} to exit")
     assert leftovers(workdir) == {"server files": [], "locks": [], "processes": []}
-
-
-def object_f1(truth: np.ndarray, predicted: np.ndarray, iou: float = 0.5) -> float:
-    """F1 of object matching at IoU > ``iou`` (a match above 0.5 is unique by construction)."""
-    t, p = truth.ravel().astype(np.int64), predicted.ravel().astype(np.int64)
-    nt, np_ = int(t.max()) + 1, int(p.max()) + 1
-    overlap = np.bincount(t * np_ + p, minlength=nt * np_).reshape(nt, np_)
-    union = overlap.sum(1)[:, None] + overlap.sum(0)[None, :] - overlap
-    matches = int((overlap / np.maximum(union, 1))[1:, 1:].__gt__(iou).sum())
-    n_truth, n_pred = len(np.unique(t)) - 1, len(np.unique(p)) - 1
-    return 2 * matches / max(n_truth + n_pred, 1)
 
 
 def tracking_graph(store: Path, name: str):
