@@ -77,7 +77,7 @@ def test_ipc_path() -> None:
     assert ipc_path("tcp://127.0.0.1:1") is None
 
 
-@pytest.mark.parametrize("address", ["http://x", "/tmp/sock", "", "ipc:/missing-slash"])
+@pytest.mark.parametrize("address", ["http://x", "relative/sock", "", "ipc:/missing-slash"])
 def test_unknown_schemes_raise_config_error(address: str) -> None:
     with pytest.raises(ConfigError, match="address must start"):
         ReplySocket(address)
