@@ -10,8 +10,8 @@ geff = pytest.importorskip("geff")
 tifffile = pytest.importorskip("tifffile")
 
 from nahual.cli import main  # noqa: E402
+from nahual.lineage import tracklets  # noqa: E402
 from nahual.stream import read_tracks, write_image, write_labels  # noqa: E402
-from nahual.stream._tracksink import tracklets  # noqa: E402
 
 
 def disc(shape, centre, radius):

@@ -32,9 +32,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import ContractError
+from ..lineage import tracklets
 from ..model import Contract, Model
 
-__all__ = ["NODE_ID_STRIDE", "LapTrack", "object_nodes", "split_tracks"]
+__all__ = ["NODE_ID_STRIDE", "LapTrack", "object_nodes"]
 
 #: Load params and their defaults (pixels and frames).
 DEFAULTS: dict[str, Any] = {
@@ -78,7 +79,10 @@ class LapTrack(Model):
         nodes = object_nodes(labels, int(p["t0"]))
         graph = _link(nodes, labels.ndim - 1, p)
         edges = _drop_long_links(_edges(graph, nodes["id"]), nodes, p)
-        track_id, tracks = split_tracks(nodes["id"], nodes["t"], edges)
+        pairs = np.stack([edges["source"], edges["target"]], axis=1).reshape(-1, 2)
+        track_id, rows = tracklets(nodes["id"], nodes["t"], pairs)
+        table = np.array(rows, np.int64).reshape(-1, 4)
+        tracks = {key: table[:, k] for k, key in enumerate(("track_id", "start", "end", "parent"))}
         return {"nodes": nodes, "edges": edges, "track_id": track_id, "tracks": tracks}
 
 
@@ -173,43 +177,3 @@ def _frame_of(node_id: np.ndarray) -> np.ndarray:
     """Frame index (from 0 in the series sent) of each node id."""
     t = node_id // NODE_ID_STRIDE
     return t - (t.min() if t.size else 0)
-
-
-def split_tracks(
-    node_id: np.ndarray, t: np.ndarray, edges: dict[str, np.ndarray]
-) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Cut the lineage graph into branch-free tracks, CTC style.
-
-    Parameters
-    ----------
-    node_id, t : ndarray
-        Node ids and frames, sorted by frame.
-    edges : dict
-        ``source``, ``target`` node ids.
-
-    Returns
-    -------
-    track_id : ndarray
-        Track of each node, numbered from 1 in order of first appearance.
-    tracks : dict of str to ndarray
-        ``track_id``, ``start``, ``end``, ``parent`` (0 for none).
-    """
-    index = {int(n): i for i, n in enumerate(node_id)}
-    children: dict[int, list[int]] = {}
-    for s, d in zip(edges["source"].tolist(), edges["target"].tolist()):
-        children.setdefault(index[s], []).append(index[d])
-    parent_of = {kids[0]: s for s, kids in children.items() if len(kids) == 1}
-    parent_of.update({k: s for s, kids in children.items() if len(kids) > 1 for k in kids})
-    track_id = np.zeros(len(node_id), np.int64)
-    rows: list[list[int]] = []
-    for i in range(len(node_id)):  # frames are sorted, so a parent comes first
-        s = parent_of.get(i)
-        continues = s is not None and len(children[s]) == 1 and t[i] == t[s] + 1
-        if continues:
-            track_id[i] = track_id[s]
-            rows[track_id[i] - 1][2] = int(t[i])
-        else:
-            rows.append([len(rows) + 1, int(t[i]), int(t[i]), int(track_id[s]) if s is not None else 0])
-            track_id[i] = len(rows)
-    table = np.array(rows, np.int64).reshape(-1, 4)
-    return track_id, {key: table[:, k] for k, key in enumerate(("track_id", "start", "end", "parent"))}

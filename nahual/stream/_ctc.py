@@ -16,9 +16,9 @@ import numpy as np
 import zarr
 
 from ..errors import ConfigError, ContractError
+from ..lineage import tracklets
 from ._stitch import lookup
 from ._tracks import read_tracks
-from ._tracksink import tracklets
 
 __all__ = ["export_ctc"]
 

@@ -18,43 +18,14 @@ import numpy as np
 import zarr
 
 from ..errors import ConfigError, ContractError
+from ..lineage import tracklets
 from ._ome import Target, create_label_array, image_group
 from ._plan import Block, Plan
 from ._resume import RunState
 from ._stitch import lookup
 from ._tracks import write_tracks
 
-__all__ = ["TrackSink", "tracklets"]
-
-
-def tracklets(ids: np.ndarray, t: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
-    """Track ids 1..K aligned with ``ids``, and one ``(id, first t, last t, parent track)`` row per track.
-
-    A node continues its parent's track when it is the parent's only child,
-    its only parent, and exactly one frame later; otherwise it starts a track
-    whose parent is its parent's track (0 without one). Tracks are numbered in
-    order of their first node by (t, id), so the result does not depend on the
-    order the tracker listed its nodes in; they are continuous in time, as the
-    Cell Tracking Challenge format wants.
-    """
-    index = {int(n): i for i, n in enumerate(ids.tolist())}
-    parents: dict[int, list[int]] = {}
-    children: dict[int, list[int]] = {}
-    for source, target in edges.tolist():
-        children.setdefault(index[source], []).append(index[target])
-        parents.setdefault(index[target], []).append(index[source])
-    track = np.zeros(len(ids), np.int64)
-    rows: dict[int, list[int]] = {}
-    for i in np.lexsort((ids, t)).tolist():
-        up = parents.get(i, [])
-        if len(up) == 1 and len(children.get(up[0], [])) == 1 and t[i] == t[up[0]] + 1:
-            track[i] = track[up[0]]
-            rows[int(track[i])][2] = int(t[i])
-        else:
-            track[i] = len(rows) + 1
-            parent = int(track[up[0]]) if len(up) == 1 else 0
-            rows[int(track[i])] = [int(track[i]), int(t[i]), int(t[i]), parent]
-    return track, [(r[0], r[1], r[2], r[3]) for r in rows.values()]
+__all__ = ["TrackSink"]
 
 
 def _nodes_and_edges(result: Any) -> tuple[dict[str, np.ndarray], np.ndarray]:
