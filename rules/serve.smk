@@ -7,6 +7,7 @@
 # and removes it and its socket when it stops; --parent makes it stop too when
 # the snakemake that started it dies. Every consumer of a server shares its
 # group (one Slurm job per server and its consumers).
+# The ready file and the socket are marked node-local (see server_file).
 
 
 localrules:
@@ -32,10 +33,10 @@ rule serve_model:
     input:
         env=get_env_marker,
     output:
-        ready=service("results/servers/{step}/{batch}.ready"),
+        ready=server_file("results/servers/{step}/{batch}.ready"),
         # the socket is an output too, so that Snakemake deletes it when a
         # failed consumer makes it kill the server (which then cannot)
-        socket=service("results/servers/{step}/{batch}.sock"),
+        socket=server_file("results/servers/{step}/{batch}.sock"),
     params:
         address=lambda wildcards, output: f"ipc://{output.socket}",
         options=get_serve_args,
