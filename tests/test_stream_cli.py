@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import pty
+import re
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 zarr = pytest.importorskip("zarr")
 anndata = pytest.importorskip("anndata")
+
+from conftest import ROOT  # noqa: E402
 
 from nahual.cli import main  # noqa: E402
 from nahual.stream import write_image, write_labels  # noqa: E402
@@ -119,3 +127,26 @@ def test_progress_lines_when_not_on_a_terminal():
     quiet = io.StringIO()
     Progress(1, "x", stream=quiet, enabled=False).advance()
     assert quiet.getvalue() == ""
+
+
+MEASURE = ("--model", "stream_models:Measure", "--labels", "seg", "--channel", "0")
+
+
+def test_progress_bar_on_a_terminal(image):
+    """With stderr on a terminal, ``nahual apply`` draws a bar; the last drawing ends the line."""
+    primary, secondary = pty.openpty()
+    try:
+        process = subprocess.run(
+            [sys.executable, "-m", "nahual", "apply", str(image), "feat", "--local", *MEASURE],
+            stderr=secondary,
+            stdout=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": str(ROOT / "tests")},
+            timeout=120,
+            check=False,
+        )
+        shown = os.read(primary, 65536).decode(errors="replace")
+    finally:
+        os.close(primary)
+        os.close(secondary)
+    assert process.returncode == 0, shown
+    assert re.search(r"^feat \[#{24}\] 2/2 +[0-9.]+/s +ETA 0m00s\r\n", shown), repr(shown)
