@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from ._ome import Target, create_label_array, image_group
+from ._ome import Target, add_label_levels, create_label_array, image_group
 from ._payload import result_labels
 from ._plan import Block, Plan
 from ._resume import RunState
@@ -144,7 +144,8 @@ class LabelSink:
                 for a in self.plan.out_axes
             )
             final[box] = relabel(np.asarray(raw[box])).astype(dtype)
-        summary = {"objects": relabel.count, "merged": int(relabel.nonroot.size)}
+        levels = add_label_levels(self.target.image_path, self.state.name)
+        summary = {"objects": relabel.count, "merged": int(relabel.nonroot.size), "levels": levels}
         group = zarr.open_group(os.path.join(self.target.image_path, "labels", self.state.name), mode="r+")
         group.attrs.update({"nahual": {**attrs, **summary}})
         return summary

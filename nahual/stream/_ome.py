@@ -18,11 +18,13 @@ import numpy as np
 import zarr
 
 from ..errors import ConfigError, ContractError
+from ._pyramid import add_levels, image_level_steps
 
 __all__ = [
     "AXIS_TYPES",
     "Source",
     "Target",
+    "add_label_levels",
     "create_label_array",
     "image_group",
     "ngff_version",
@@ -248,8 +250,9 @@ def write_image(
     scale: tuple[float, ...] | list[float] | None = None,
     chunks: tuple[int, ...] | None = None,
     overwrite: bool = False,
+    levels: int = 1,
 ) -> str:
-    """Write an array as a single-level OME-Zarr 0.5 image (Zarr v3).
+    """Write an array as an OME-Zarr 0.5 image (Zarr v3).
 
     Parameters
     ----------
@@ -265,12 +268,17 @@ def write_image(
         Chunk shape; by default 1 along t, c and z and up to 1024 along y and x.
     overwrite : bool
         Replace an existing store instead of refusing.
+    levels : int
+        Resolution levels: each one after the first takes every second pixel
+        along y and x of the one before (nearest neighbour, like label levels).
 
     Returns
     -------
     str
         ``path``, for chaining.
     """
+    if levels < 1:
+        raise ConfigError(f"an image needs at least 1 level, got levels={levels}")
     data = np.asarray(data)
     axes = parse_axes(axes, data.ndim)
     if list(axes) != sorted(axes, key="tczyx".index):
@@ -292,7 +300,58 @@ def write_image(
         dimension_names=list(axes),
     )
     array[...] = data
+    factors = tuple(2 if a in "yx" else 1 for a in axes)
+    steps, level_scale = [], scale
+    for _ in range(levels - 1):
+        level_scale = tuple(s * f for s, f in zip(level_scale, factors, strict=True))
+        steps.append((factors, [{"type": "scale", "scale": list(level_scale)}]))
+    _append_datasets(group, "0.5", add_levels(group, steps, _array_options("0.5", axes)))
     return path
+
+
+def _array_options(version: str, axes: str) -> dict[str, Any]:
+    """Options of ``create_array`` that NGFF ``version`` asks for."""
+    if version == "0.5":
+        return {"dimension_names": list(axes)}
+    return {"chunk_key_encoding": {"name": "v2", "separator": "/"}}
+
+
+def _append_datasets(group: zarr.Group, version: str, datasets: list[dict[str, Any]]) -> None:
+    """List further levels in a group's multiscales metadata."""
+    if not datasets:
+        return
+    ome = _ome_attrs(dict(group.attrs))
+    meta = dict(ome["multiscales"][0])
+    meta["datasets"] = [*meta["datasets"], *datasets]
+    _set_ome(group, version, {**ome, "multiscales": [meta]})
+
+
+def add_label_levels(image_path: str | os.PathLike, name: str) -> int:
+    """Give ``labels/NAME`` the coarser levels of its image, picked from its level 0.
+
+    Viewers then show labels and image at the same zoom levels. Levels are
+    added while the image's levels are whole-number steps apart (every 2nd
+    pixel, say); a label image that matches no level of its image keeps one.
+
+    Returns
+    -------
+    int
+        The number of levels the label image has now.
+    """
+    image = image_group(image_path)
+    image_meta = (_ome_attrs(dict(image.attrs)).get("multiscales") or [{}])[0]
+    image_axes = "".join(a["name"] if isinstance(a, dict) else str(a) for a in image_meta.get("axes", []))
+    group = image[f"labels/{name}"]
+    level0 = group["0"]
+    if not image_axes or len(image_axes) - ("c" in image_axes) != level0.ndim:
+        return 1
+    keep = [i for i, a in enumerate(image_axes) if a != "c"]
+    ome = _ome_attrs(dict(group.attrs))
+    scale = _scale_of(ome["multiscales"][0]["datasets"][0], level0.ndim)
+    steps = image_level_steps(image_meta, image, keep, tuple(level0.shape), scale)
+    version = ngff_version(int(image.metadata.zarr_format))
+    _append_datasets(group, version, add_levels(group, steps, _array_options(version, image_axes.replace("c", ""))))
+    return 1 + len(steps)
 
 
 def create_label_array(
@@ -322,12 +381,9 @@ def create_label_array(
         },
         {"nahual": attrs} if attrs else None,
     )
-    extra = (
-        {"dimension_names": list(axes)}
-        if version == "0.5"
-        else {"chunk_key_encoding": {"name": "v2", "separator": "/"}}
+    array = group.create_array(
+        "0", shape=shape, dtype=dtype, chunks=chunks, fill_value=0, **_array_options(version, axes)
     )
-    array = group.create_array("0", shape=shape, dtype=dtype, chunks=chunks, fill_value=0, **extra)
     known = list(_ome_attrs(dict(labels.attrs)).get("labels", []))
     _set_ome(labels, version, {"labels": known + ([name] if name not in known else [])})
     return array
@@ -364,7 +420,7 @@ def write_labels(
     Returns
     -------
     str
-        The path of the label image.
+        The path of the label image (with the image's coarser levels, see :func:`add_label_levels`).
 
     Raises
     ------
@@ -388,4 +444,5 @@ def write_labels(
         image, name, want, shape, tuple(img_chunks[i] for i in keep), dtype, tuple(img_scale[i] for i in keep), attrs
     )
     array[...] = data.astype(dtype, copy=False)
+    add_label_levels(image_path, name)
     return os.path.join(os.fspath(image_path), "labels", name)

@@ -19,7 +19,7 @@ import zarr
 
 from ..errors import ConfigError, ContractError
 from ..lineage import tracklets
-from ._ome import Target, create_label_array, image_group
+from ._ome import Target, add_label_levels, create_label_array, image_group
 from ._plan import Block, Plan
 from ._resume import RunState
 from ._stitch import lookup
@@ -100,6 +100,7 @@ class TrackSink:
             masks = np.asarray(self.labels[sel])
             known = lookup(values, masks)
             out[sel] = np.where(known > 0, ids[np.maximum(known - 1, 0)], 0).astype(np.uint32)
+        add_label_levels(self.target.image_path, self.state.name)
 
     def write(self, block: Block, result: Any, attrs: dict[str, Any] | None = None) -> None:
         """Write masks and graph, then record the block."""
