@@ -139,22 +139,41 @@ class Server:
 
     def close(self) -> None:
         """Stop listening, unload every instance and remove the ipc socket file (idempotent)."""
-        self._stop.set()
+        self._stop_workers()
         if self._socket is not None:
-            # Close the workers' contexts and let the workers finish before closing the
-            # socket: nng panics (use after free) when a context sends while its socket closes.
-            for channel in self._channels:
-                channel.close()
-            for thread in self._threads:
-                thread.join(timeout=5)
             self._socket.close()
             self._socket = None
-        for instance in list(self._instances.values()):
-            self._unload(instance.id)
+        self._unload_all()
         path = ipc_path(self.address)
         if path:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+
+    def abandon(self) -> None:
+        """Stop serving and unload every instance, but leave the socket (and its file) open.
+
+        For a supervisor that removes the socket file itself and may look at it
+        after stopping the server (Snakemake stats a service job's outputs). The
+        process must then end with ``os._exit``: closing the socket, even by
+        garbage collection at exit, removes its file.
+        """
+        self._stop_workers()
+        if self._socket is not None:
+            self._socket.close_shared_memory()
+        self._unload_all()
+
+    def _stop_workers(self) -> None:
+        self._stop.set()
+        # Close the workers' contexts and let the workers finish before closing the
+        # socket: nng panics (use after free) when a context sends while its socket closes.
+        for channel in self._channels:
+            channel.close()
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+    def _unload_all(self) -> None:
+        for instance in list(self._instances.values()):
+            self._unload(instance.id)
 
     def __enter__(self) -> Server:
         return self.start()
@@ -162,13 +181,29 @@ class Server:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def serve(self, ready_file: str | None = None, parent_pid: int | None = None) -> None:
+    def serve(
+        self, ready_file: str | None = None, parent_pid: int | None = None, leave_files_on_sigterm: bool = False
+    ) -> bool:
         """Serve until SIGTERM, SIGINT, a ``shutdown`` request or the parent's death.
 
-        The ready file is written only once the socket is bound and preloads are done.
+        The ready file is written only once the socket is bound and preloads are
+        done, and removed with the socket file when serving ends; except after a
+        SIGTERM with ``leave_files_on_sigterm``, where both stay for the supervisor
+        that sent it (see :meth:`abandon`).
+
+        Returns
+        -------
+        bool
+            True when the files were left: the caller must then end the process with ``os._exit``.
         """
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: self.stop())
+        terminated = threading.Event()
+
+        def on_sigterm(*_: object) -> None:
+            terminated.set()
+            self.stop()
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+        signal.signal(signal.SIGINT, lambda *_: self.stop())
         if parent_pid is not None:
             threading.Thread(target=self._watch_parent, args=(parent_pid,), daemon=True).start()
         try:
@@ -177,10 +212,15 @@ class Server:
             while not self.wait(0.5):
                 pass
         finally:
-            if ready_file:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(ready_file)
-            self.close()
+            leave = leave_files_on_sigterm and terminated.is_set()
+            if leave:
+                self.abandon()
+            else:
+                if ready_file:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(ready_file)
+                self.close()
+        return leave
 
     def _watch_parent(self, pid: int) -> None:
         try:

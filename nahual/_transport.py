@@ -186,8 +186,13 @@ class _Socket:
     def close(self) -> None:
         """Close the socket (blocked ``recv`` calls raise :class:`TransportError`) and its segments."""
         self._socket.close()
+        self.close_shared_memory()
+
+    def close_shared_memory(self) -> None:
+        """Unlink this socket's shared-memory segments (idempotent); the socket stays open."""
         if self._segments is not None:
             self._segments.close()
+            self._segments = None
 
 
 class ReplySocket(_Socket):

@@ -231,16 +231,6 @@ def report_figures():
 # ---------------------------------------------------------------- servers
 
 
-def server_file(path):
-    """A service output that the server creates and removes itself.
-
-    Marked node-local (``temp(..., group_jobs=True)``) so that Snakemake does not
-    touch it after the job: the server removes it on SIGTERM, and touching a file
-    the server has just removed fails the whole group.
-    """
-    return service(temp(path, group_jobs=True))
-
-
 def get_server(wildcards):
     """The service file of the server a consumer uses: consumers are dealt round-robin over the instances."""
     step = wildcards.step

@@ -3,11 +3,14 @@
 # env_prepare readies each model's environment once (uv sync, nix build) on the
 # machine running snakemake, so that servers start fast. serve_model runs with
 # `exec` so that Snakemake's SIGTERM reaches the server itself; the server
-# writes the service file (--ready-file) only once bound with its model loaded
-# and removes it and its socket when it stops; --parent makes it stop too when
-# the snakemake that started it dies. Every consumer of a server shares its
-# group (one Slurm job per server and its consumers).
-# The ready file and the socket are marked node-local (see server_file).
+# writes the service file (--ready-file) only once bound with its model loaded.
+# On that SIGTERM it leaves its ready file and socket in place
+# (--leave-files-on-sigterm): Snakemake stats and touches a service job's
+# outputs after stopping it, then removes them itself, and a server removing
+# them at the same moment failed the group. On SIGINT (Ctrl-C) or when the
+# snakemake that started it dies (--parent), the server removes them itself.
+# Every consumer of a server shares its group (one Slurm job per server and
+# its consumers).
 
 
 localrules:
@@ -33,10 +36,10 @@ rule serve_model:
     input:
         env=get_env_marker,
     output:
-        ready=server_file("results/servers/{step}/{batch}.ready"),
+        ready=service("results/servers/{step}/{batch}.ready"),
         # the socket is an output too, so that Snakemake deletes it when a
         # failed consumer makes it kill the server (which then cannot)
-        socket=server_file("results/servers/{step}/{batch}.sock"),
+        socket=service("results/servers/{step}/{batch}.sock"),
     params:
         address=lambda wildcards, output: f"ipc://{output.socket}",
         options=get_serve_args,
@@ -50,4 +53,5 @@ rule serve_model:
         runtime=server_resource("runtime"),
         gpu=server_resource("gpu"),
     shell:
-        "exec nahual serve {params.address} --ready-file {output.ready} {params.options} --parent $PPID > {log} 2>&1"
+        "exec nahual serve {params.address} --ready-file {output.ready} {params.options} --parent $PPID "
+        "--leave-files-on-sigterm > {log} 2>&1"

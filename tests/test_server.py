@@ -6,6 +6,7 @@ rest start real ``nahual serve`` processes through the ``serve`` fixture.
 
 from __future__ import annotations
 
+import glob
 import itertools
 import json
 import os
@@ -291,6 +292,29 @@ def test_signals_shut_down_gracefully(serve: Callable[..., Served], signum: int)
     with nahual.Client(served.address, timeout=10) as client:
         client.load("echo")
     served.process.send_signal(signum)
+    assert served.process.wait(timeout=15) == 0
+    assert served.socket_path is not None and not served.socket_path.exists()
+    assert not served.ready_file.exists()
+
+
+def test_sigterm_can_leave_the_socket_and_ready_file_to_the_supervisor(serve: Callable[..., Served]) -> None:
+    """Snakemake stats a service job's files after its SIGTERM, then removes them itself."""
+    served = serve("--leave-files-on-sigterm")
+    with nahual.Client(served.address, timeout=10) as client:
+        big = np.arange(1 << 20, dtype=np.uint8)  # large enough for shared memory
+        np.testing.assert_array_equal(client.load("echo")(big), big)
+    served.process.send_signal(signal.SIGTERM)
+    assert served.process.wait(timeout=15) == 0
+    assert served.socket_path is not None and served.socket_path.exists()
+    assert served.ready_file.exists()
+    assert not glob.glob(f"/dev/shm/nahual-{served.process.pid}-*")  # its shared memory went
+    served.socket_path.unlink()  # what the supervisor does
+    served.ready_file.unlink()
+
+
+def test_sigint_removes_the_files_even_when_sigterm_would_leave_them(serve: Callable[..., Served]) -> None:
+    served = serve("--leave-files-on-sigterm")
+    served.process.send_signal(signal.SIGINT)  # Ctrl-C: no supervisor will clean up
     assert served.process.wait(timeout=15) == 0
     assert served.socket_path is not None and not served.socket_path.exists()
     assert not served.ready_file.exists()

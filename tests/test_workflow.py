@@ -61,26 +61,21 @@ def copy_workflow(dest: Path, overrides: dict | None = None) -> Path:
     return dest
 
 
-#: Runs Snakemake and records which files it touches (see the module).
-TOUCH_RECORDER = Path(__file__).with_name("snakemake_touch_recorder.py")
-
-
 def snakemake_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "snakemake", *args]
 
 
-def run_snakemake(
-    workdir: Path, *args: str, timeout: float = RUN_TIMEOUT, touch_log: Path | None = None
-) -> subprocess.CompletedProcess:
-    """Run snakemake in ``workdir`` (its default profile applies) and return the finished process.
-
-    With ``touch_log``, the outputs Snakemake touches are recorded there.
-    """
-    command, env = snakemake_cmd(*args), snakemake_env()
-    if touch_log is not None:
-        command[1:3] = [str(TOUCH_RECORDER)]
-        env["NAHUAL_TOUCH_LOG"] = str(touch_log)
-    return subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env, check=False)
+def run_snakemake(workdir: Path, *args: str, timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess:
+    """Run snakemake in ``workdir`` (its default profile applies) and return the finished process."""
+    return subprocess.run(
+        snakemake_cmd(*args),
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=snakemake_env(),
+        check=False,
+    )
 
 
 def snakemake_env() -> dict[str, str]:
@@ -179,7 +174,7 @@ def default_run(tmp_path_factory):
     """``snakemake --cores 2`` on the default config (catalog uv environments), in a copy."""
     workdir = copy_workflow(tmp_path_factory.mktemp("default") / "wf")
     try:
-        result = run_snakemake(workdir, "--cores", "2", touch_log=workdir.parent / "touched.txt")
+        result = run_snakemake(workdir, "--cores", "2")
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         yield workdir
     finally:
@@ -194,12 +189,6 @@ def test_default_run_leaves_no_server_socket_lock_or_process(default_run):
         "serve_model/nuclei/0.log",
         "serve_model/tracks/0.log",
     ]
-
-
-def test_snakemake_never_touches_the_files_a_server_removes_itself(default_run):
-    touched = (default_run.parent / "touched.txt").read_text().splitlines()
-    assert "results/demo/nuclei.done" in touched
-    assert not [path for path in touched if path.startswith("results/servers/")]
 
 
 def test_default_run_servers_ran_in_the_catalog_uv_environments(default_run):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from typing import Any
 
 from ._args import parse_json_object
@@ -23,6 +24,13 @@ def register(subparsers: Any) -> None:
     serve.add_argument("--token", default=os.environ.get("NAHUAL_TOKEN"), help="shared secret (default $NAHUAL_TOKEN)")
     serve.add_argument("--workers", type=int, default=8, help="requests handled at once (default 8)")
     serve.add_argument("--parent", type=int, metavar="PID", help="exit when process PID is gone")
+    serve.add_argument(
+        "--leave-files-on-sigterm",
+        dest="leave_files",
+        action="store_true",
+        help="on SIGTERM, leave the socket and ready files to the supervisor that removes them "
+        "(Snakemake service jobs: Snakemake looks at them after stopping the server)",
+    )
     serve.set_defaults(run=run_serve)
 
     for name, helptext, function in (
@@ -74,7 +82,10 @@ def run_serve(args: argparse.Namespace) -> int:
     except BaseException:
         server.close()
         raise
-    server.serve(ready_file=args.ready_file, parent_pid=args.parent)
+    if server.serve(ready_file=args.ready_file, parent_pid=args.parent, leave_files_on_sigterm=args.leave_files):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)  # an orderly exit would close the socket, which removes its file
     return 0
 
 
@@ -89,6 +100,8 @@ def _serve_argv(args: argparse.Namespace) -> list[str]:
         argv += ["--params", params]
     if args.parent is not None:
         argv += ["--parent", str(args.parent)]
+    if args.leave_files:
+        argv.append("--leave-files-on-sigterm")
     return argv
 
 
