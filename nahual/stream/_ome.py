@@ -134,6 +134,11 @@ def _scale_of(dataset: dict[str, Any], ndim: int) -> tuple[float, ...]:
     return (1.0,) * ndim
 
 
+def _axis_names(multiscale: dict[str, Any]) -> str:
+    """The axes of a multiscales entry as letters (NGFF 0.3 lists plain names)."""
+    return "".join(a["name"] if isinstance(a, dict) else str(a) for a in multiscale.get("axes", []))
+
+
 def _open_multiscale(group: zarr.Group, path: str, axes: str | None, level: int) -> tuple[zarr.Array, str, tuple]:
     ome = _ome_attrs(dict(group.attrs))
     multiscales = ome.get("multiscales")
@@ -142,7 +147,7 @@ def _open_multiscale(group: zarr.Group, path: str, axes: str | None, level: int)
             f"{path} is a Zarr group without OME-Zarr multiscales metadata; give the path of an array and --axes"
         )
     meta = multiscales[0]
-    names = "".join(a["name"] if isinstance(a, dict) else str(a) for a in meta.get("axes", []))
+    names = _axis_names(meta)
     if not names:
         if axes is None:
             raise ConfigError(f"{path} has no axes in its multiscales metadata; give them with --axes, e.g. tczyx")
@@ -340,7 +345,7 @@ def add_label_levels(image_path: str | os.PathLike, name: str) -> int:
     """
     image = image_group(image_path)
     image_meta = (_ome_attrs(dict(image.attrs)).get("multiscales") or [{}])[0]
-    image_axes = "".join(a["name"] if isinstance(a, dict) else str(a) for a in image_meta.get("axes", []))
+    image_axes = _axis_names(image_meta)
     group = image[f"labels/{name}"]
     level0 = group["0"]
     if not image_axes or len(image_axes) - ("c" in image_axes) != level0.ndim:

@@ -114,9 +114,10 @@ def add_levels(
     """Write levels ``1..`` of a multiscale group from its level ``0``; returns their datasets entries."""
     datasets = []
     source = group["0"]
+    level0_chunks = source.chunks
     for number, (factors, transforms) in enumerate(steps, start=1):
         shape = tuple(math.ceil(n / f) for n, f in zip(source.shape, factors, strict=True))
-        chunks = tuple(min(c, n) for c, n in zip(group["0"].chunks, shape, strict=True))
+        chunks = tuple(min(c, n) for c, n in zip(level0_chunks, shape, strict=True))
         dest = group.create_array(
             str(number), shape=shape, chunks=chunks, dtype=source.dtype, fill_value=0, overwrite=True, **array_options
         )
