@@ -92,7 +92,7 @@ def parse_models(cfg):
 
 
 def parse_chain(cfg, models):
-    """Step name -> {model, input, kind}, in chain order; inputs must be earlier labels steps."""
+    """Step name -> {model, input, kind, params}, in chain order; inputs must be earlier labels steps."""
     steps = {}
     for index, entry in enumerate(cfg["chain"]):
         key = f"chain[{index}]"
@@ -110,7 +110,8 @@ def parse_chain(cfg, models):
                 raise config_error(f"{key}.input", f"step {source!r} writes {steps[source]['kind']}, not labels")
         elif kind == "tracks":
             raise config_error(f"{key}.input", "a tracker reads labels: name an earlier labels step")
-        steps[name] = {"model": entry["model"], "input": source, "kind": kind}
+        params = {**models[entry["model"]]["params"], **entry["params"]}
+        steps[name] = {"model": entry["model"], "input": source, "kind": kind, "params": params}
     return steps
 
 
@@ -259,9 +260,9 @@ def model_of(step):
 
 
 def get_serve_args(wildcards):
-    """``nahual serve`` options after the address: environment, preload and its load params."""
-    entry = model_of(wildcards.step)
-    return shlex.join(["--env", entry["env"], "--preload", entry["model"], "--params", json.dumps(entry["params"])])
+    """``nahual serve`` options after the address: environment, preload and the step's params."""
+    entry, params = model_of(wildcards.step), STEPS[wildcards.step]["params"]
+    return shlex.join(["--env", entry["env"], "--preload", entry["model"], "--params", json.dumps(params)])
 
 
 def server_resource(name):
@@ -310,8 +311,8 @@ def get_apply_args(wildcards):
     step, image = STEPS[wildcards.step], IMAGES[wildcards.image]
     entry = MODELS[step["model"]]
     args = ["--model", entry["model"], "--kind", step["kind"], "--inflight", str(image["inflight"])]
-    if entry["params"]:
-        args += ["--params", json.dumps(entry["params"])]
+    if step["params"]:
+        args += ["--params", json.dumps(step["params"])]
     if image["axes"]:
         args += ["--axes", image["axes"]]
     if image["channel"] is not None:

@@ -12,7 +12,9 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -394,6 +396,23 @@ def test_dry_run_of_the_slurm_profile_plans_one_group_job_per_server(tmp_path):
     assert out.count("rule segment_apply") == 4 and out.count("rule serve_model") == 4
     for batch in (0, 1):
         assert f"--server ipc://results/servers/nuclei/{batch}.sock" in out
+
+
+def test_a_step_s_params_are_merged_over_its_model_s(tmp_path):
+    workdir = copy_workflow(tmp_path / "wf")
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    config["chain"].insert(1, {"name": "bright", "model": "threshold", "params": {"threshold": 900}})
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    result = run_snakemake(workdir, "-n", timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout + result.stderr
+    base = config["models"]["threshold"]["params"]
+    for step, params in (("nuclei", base), ("bright", {**base, "threshold": 900})):
+        quoted = shlex.quote(json.dumps(params))
+        serve = [line for line in out.splitlines() if f"nahual serve ipc://results/servers/{step}/" in line]
+        apply = [line for line in out.splitlines() if f"apply resources/demo.zarr {step} " in line]
+        assert serve and all(f"--params {quoted}" in line for line in serve), serve
+        assert apply and all(f"--params {quoted}" in line for line in apply), apply
 
 
 def test_dry_run_of_the_deep_models_config(tmp_path):
