@@ -330,7 +330,7 @@ def lineage_graph(
     return nodes, {"source": np.array(source, np.int64), "target": np.array(target, np.int64)}
 
 
-def write_demo(path: str | Path, data: DemoData) -> Path:
+def write_demo(path: str | Path, data: DemoData, levels: int = 1) -> Path:
     """Write a scene as OME-Zarr: the image, ``labels/ground_truth`` and ``tracks/ground_truth`` (GEFF).
 
     Parameters
@@ -339,6 +339,8 @@ def write_demo(path: str | Path, data: DemoData) -> Path:
         The ``.zarr`` store to create.
     data : DemoData
         What :func:`make_demo` returned.
+    levels : int
+        Resolution levels of the image (and so of its label images), each halving y and x.
 
     Returns
     -------
@@ -348,7 +350,7 @@ def write_demo(path: str | Path, data: DemoData) -> Path:
     from . import stream
 
     path = Path(path)
-    stream.write_image(path, data.image, "tcyx")
+    stream.write_image(path, data.image, "tcyx", levels=levels)
     stream.write_labels(path, "ground_truth", data.labels, "tyx", attrs={"source": "nahual demo-data"})
     nodes = {**data.nodes, "track_id": data.nodes["label"]}  # CTC convention: the label is the track
     stream.write_tracks(

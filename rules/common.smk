@@ -362,7 +362,7 @@ def get_report_args(wildcards):
 
 def get_demo_args():
     """``nahual demo-data`` options from the demo section."""
-    args = ["--seed", str(DEMO["seed"])]
+    args = ["--seed", str(DEMO["seed"]), "--levels", str(DEMO["levels"])]
     if DEMO["large"]:
         return shlex.join(args + ["--large"])
     for key in ("frames", "size", "nuclei"):

@@ -123,6 +123,9 @@ def test_demo_data_command_writes_valid_ome_zarr_with_ground_truth(tmp_path, cap
     Image.from_zarr(root)  # raises on invalid OME-Zarr 0.5 metadata
     assert np.array_equal(root["0"][:], expected.image)
     assert np.array_equal(zarr.open_array(out / "labels" / "ground_truth" / "0", mode="r")[:], expected.labels)
+    # two levels by default, for the image and its label images alike
+    assert np.array_equal(root["1"][:], expected.image[..., ::2, ::2])
+    assert np.array_equal(root["labels/ground_truth/1"][:], expected.labels[..., ::2, ::2])
     nodes, edges, _ = read_tracks(out, "ground_truth")
     assert sorted(map(tuple, np.asarray(edges).tolist())) == sorted(
         zip(expected.edges["source"].tolist(), expected.edges["target"].tolist())
@@ -137,3 +140,5 @@ def test_demo_data_command_refuses_to_overwrite(tmp_path, capsys):
     out.mkdir()
     assert main(["demo-data", str(out)]) == 1
     assert "--overwrite" in capsys.readouterr().err
+    assert main(["demo-data", str(tmp_path / "other.zarr"), "--levels", "0"]) == 1
+    assert "--levels must be at least 1, got 0" in capsys.readouterr().err

@@ -213,6 +213,8 @@ def test_default_run_writes_valid_ome_zarr_labels_geff_and_anndata(default_run):
         ImageLabel.from_zarr(group[f"labels/{name}"])
         labels = group[f"labels/{name}/0"]
         assert labels.dtype == np.uint32 and labels.shape == (8, 256, 256)
+        # the demo image's two levels, picked from level 0
+        np.testing.assert_array_equal(group[f"labels/{name}/1"][...], labels[...][:, ::2, ::2])
     geff.validate_structure(str(store / "tracks" / "tracks"))
     table = anndata.io.read_elem(group["tables/features"])
     nuclei = group["labels/nuclei/0"][...]

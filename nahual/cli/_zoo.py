@@ -29,6 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--frames", type=int, help="number of frames (default 8)")
     parser.add_argument("--size", type=int, metavar="PIXELS", help="height and width (default 256)")
     parser.add_argument("--nuclei", type=int, help="nuclei in the first frame (default 14)")
+    parser.add_argument(
+        "--levels", type=int, default=2, help="resolution levels, each halving height and width (default 2)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     parser.set_defaults(run=run_demo_data)
 
@@ -42,6 +45,8 @@ def run_demo_data(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
 
     out = Path(args.out)
+    if args.levels < 1:
+        raise ConfigError(f"--levels must be at least 1, got {args.levels}")
     if out.exists() and not args.overwrite:
         raise ConfigError(f"{out} exists; pass --overwrite to replace it")
     size = LARGE_SIZE if args.large else DEFAULT_SIZE
@@ -53,7 +58,7 @@ def run_demo_data(args: argparse.Namespace) -> int:
         raise ConfigError(str(exc)) from exc
     if out.exists():
         shutil.rmtree(out)
-    write_demo(out, data)
+    write_demo(out, data, levels=args.levels)
     frames, channels, height, width = data.image.shape
     print(
         f"wrote {out}: {frames} frames, {channels} channels, {height}x{width}, "
