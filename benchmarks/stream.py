@@ -7,8 +7,10 @@ watershed, so that the model's time is close to the data's).
 
 Usage::
 
-    python benchmarks/stream.py [--frames 64] [--size 1024] [--repeat 2] [--inflight 4]
+    python benchmarks/stream.py [--frames 64] [--size 1024] [--repeat 2] [--inflight N]
                                 [--tile y=1024,x=1024] [--halo 0] [--keep DIR]
+
+``--tile`` and ``--inflight`` default to :class:`nahual.stream.StreamOptions`' own defaults.
 
 Both paths run in the same process, alternating (local, server, local,
 server...), on the same store; each writes its own label image and both are
@@ -30,7 +32,7 @@ import numpy as np
 import zarr
 
 from nahual.launcher import launch
-from nahual.stream import LocalModel, Worker, apply, write_image
+from nahual.stream import LocalModel, StreamOptions, Worker, apply, write_image
 
 MODEL = "nahual.models.threshold:Threshold"
 PARAMS = {"threshold": 300.0, "split": False, "sigma": 1.0, "min_size": 10}
@@ -51,10 +53,10 @@ def make_store(path: Path, frames: int, size: int, seed: int = 0) -> str:
     return write_image(path, data, "tyx", chunks=(1, min(size, 512), min(size, 512)))
 
 
-def run_once(handle: object, store: str, name: str, args: argparse.Namespace) -> float:
+def run_once(handle: object, store: str, name: str, options: StreamOptions) -> float:
     """Seconds for one complete ``apply`` (stitch included)."""
     start = time.perf_counter()
-    apply(handle, store, name, tile=args.tile, halo=args.halo, inflight=args.inflight, progress=False)
+    apply(handle, store, name, options, progress=False)
     return time.perf_counter() - start
 
 
@@ -63,11 +65,12 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=64)
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--repeat", type=int, default=2)
-    parser.add_argument("--inflight", type=int, default=4)
-    parser.add_argument("--tile", default="y=1024,x=1024")
+    parser.add_argument("--inflight", type=int, help="requests in flight (StreamOptions' default)")
+    parser.add_argument("--tile", help="tile, e.g. y=512,x=512 (StreamOptions' default)")
     parser.add_argument("--halo", type=int, default=0)
     parser.add_argument("--keep", type=Path, help="write the store here and keep it (default: a temporary folder)")
     args = parser.parse_args()
+    options = StreamOptions.from_cli(args)
 
     folder = args.keep or Path(tempfile.mkdtemp(prefix="nahual-bench-"))
     try:
@@ -79,8 +82,8 @@ def main() -> None:
             with server.client(timeout=600) as client:
                 remote = Worker(client.load(MODEL, **PARAMS), server.address)
                 for i in range(args.repeat):
-                    times["local"].append(run_once(local, store, f"local{i}", args))
-                    times["server"].append(run_once(remote, store, f"server{i}", args))
+                    times["local"].append(run_once(local, store, f"local{i}", options))
+                    times["server"].append(run_once(remote, store, f"server{i}", options))
         group = zarr.open_group(store, mode="r")
         same = all(
             np.array_equal(group[f"labels/local{i}/0"][...], group[f"labels/server{i}/0"][...])

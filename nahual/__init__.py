@@ -1,7 +1,7 @@
 """nahual: run each model in its own environment as a server; call it with numpy arrays.
 
 The public API, layer by layer: errors and timeouts; the model author API
-(:class:`Model`, :class:`Contract`); the server and :class:`Client`; the
+(:class:`Model`, :class:`Contract`, :class:`Param`); the server and :class:`Client`; the
 environment launcher (:func:`launch`). Zarr streaming lives in
 :mod:`nahual.stream` (extra ``zarr``), imported on its own.
 """
@@ -14,26 +14,32 @@ from typing import TYPE_CHECKING, Any
 from ._config import Timeout
 from .errors import (
     AuthError,
+    BlockError,
     ConfigError,
     ContractError,
+    InstanceError,
     LaunchError,
     NahualError,
+    ParamError,
+    PayloadError,
     ProtocolError,
     RemoteError,
+    StateError,
     TimeoutError,
     TransportError,
+    WeightsError,
 )
-from .model import Contract, Model
+from .model import Contract, Model, Param
 
 if TYPE_CHECKING:
-    from ._server import Server
     from .client import Client, ModelHandle
     from .launcher import ServerProcess, launch
+    from .server import Server
 
 #: Names imported on first use, so that ``nahual serve`` starts without the
 #: client, the launcher or importlib.metadata (start-up time is a goal).
 _LAZY = {
-    "Server": "._server",
+    "Server": ".server",
     "Client": ".client",
     "ModelHandle": ".client",
     "launch": ".launcher",
@@ -58,21 +64,28 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "AuthError",
+    "BlockError",
     "Client",
     "ConfigError",
     "Contract",
     "ContractError",
+    "InstanceError",
     "LaunchError",
     "Model",
     "ModelHandle",
     "NahualError",
+    "Param",
+    "ParamError",
+    "PayloadError",
     "ProtocolError",
     "RemoteError",
     "Server",
     "ServerProcess",
+    "StateError",
     "Timeout",
     "TimeoutError",
     "TransportError",
+    "WeightsError",
     "__version__",
     "launch",
 ]

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .errors import ProtocolError
+from .errors import PayloadError, ProtocolError
 
 __all__ = [
     "ALIGNMENT",
@@ -98,7 +98,7 @@ def _align(offset: int) -> int:
 
 def _check_dtype(dtype: np.dtype, where: str) -> None:
     if dtype.hasobject or dtype.fields is not None or dtype.kind in "VOMm" or dtype.subdtype is not None:
-        raise TypeError(
+        raise PayloadError(
             f"{where}: arrays of dtype {dtype.str!r} ({dtype}) cannot be sent; "
             "expected bool, int, uint, float, complex, bytes or str dtypes"
         )
@@ -146,7 +146,7 @@ class MessagePlan:
         """Write the message into a writable buffer of exactly ``nbytes`` bytes (and the segment)."""
         view = memoryview(buffer).cast("B")
         if len(view) != self.nbytes:
-            raise ValueError(f"buffer holds {len(view)} bytes, the message needs {self.nbytes}")
+            raise ProtocolError(f"buffer holds {len(view)} bytes, the message needs {self.nbytes}")
         ENVELOPE.pack_into(view, 0, MAGIC, VERSION, self.kind, 0, self.request_id, len(self.header), 0)
         start = ENVELOPE.size
         view[start : start + len(self.header)] = self.header
@@ -159,10 +159,10 @@ class MessagePlan:
 
 def _to_tree(value: Any, arrays: list[np.ndarray], depth: int) -> Any:
     if depth > MAX_DEPTH:
-        raise TypeError(f"payload nests deeper than {MAX_DEPTH} levels")
+        raise PayloadError(f"payload nests deeper than {MAX_DEPTH} levels")
     if value is None or isinstance(value, (bool, int, float, str)):
         if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
-            raise TypeError(f"integer {value} does not fit in 64 bits; send it as a string or array")
+            raise PayloadError(f"integer {value} does not fit in 64 bits; send it as a string or array")
         return value
     if isinstance(value, np.generic):
         value = np.asarray(value)
@@ -174,14 +174,14 @@ def _to_tree(value: Any, arrays: list[np.ndarray], depth: int) -> Any:
         tree = {}
         for key, item in value.items():
             if not isinstance(key, str):
-                raise TypeError(f"payload dict keys must be str, got {type(key).__name__} {key!r}")
+                raise PayloadError(f"payload dict keys must be str, got {type(key).__name__} {key!r}")
             if key == ARRAY_TAG:
-                raise TypeError(f"payload dict key {ARRAY_TAG!r} is reserved by the nahual protocol")
+                raise PayloadError(f"payload dict key {ARRAY_TAG!r} is reserved by the nahual protocol")
             tree[key] = _to_tree(item, arrays, depth + 1)
         return tree
     if isinstance(value, (list, tuple)):
         return [_to_tree(item, arrays, depth + 1) for item in value]
-    raise TypeError(
+    raise PayloadError(
         f"cannot send a {type(value).__name__}: payloads hold dicts, lists, str, int, float, bool, None "
         "and numpy arrays"
     )
@@ -194,7 +194,7 @@ def plan(
     payload: Any = None,
     out_of_band: OutOfBand | None = None,
 ) -> MessagePlan:
-    """Lay out a message; raises ``TypeError`` for unsendable payloads before anything is written.
+    """Lay out a message; raises :class:`PayloadError` for unsendable payloads before anything is written.
 
     Parameters
     ----------
@@ -214,7 +214,7 @@ def plan(
     meta_arrays: list[np.ndarray] = []
     meta_tree = _to_tree(dict(meta or {}), meta_arrays, 0)
     if meta_arrays:
-        raise TypeError("message meta holds JSON values only; send arrays in the payload")
+        raise PayloadError("message meta holds JSON values only; send arrays in the payload")
     specs = [{"dtype": a.dtype.str, "shape": list(a.shape), "nbytes": a.nbytes} for a in arrays]
     external, placement = _place_out_of_band(arrays, specs, out_of_band)
     # The header's length depends on the offsets and vice versa: place the

@@ -1,20 +1,17 @@
 """Same-host shared memory: out-of-band array buffers for ``ipc://`` peers.
 
-Layer: beside the wire protocol (stdlib, numpy-free); the transport owns one
-:class:`SegmentWriter` per channel and one :class:`SegmentCache` per socket.
-Large arrays go into a file in ``/dev/shm`` that both processes map, so they
-skip nng's ipc byte stream; the nng message carries only the header (and the
-small arrays). The layout and lifetime rules are in ``docs/protocol.md``.
-
-A segment is ``/dev/shm/nahual-<creator pid>-<16 hex digits>``, mode 0600,
-created with ``O_EXCL``. Its first 64 bytes are a header: magic ``b"NHSM"``
-and a little-endian uint32 *state*. The sender sets ``BUSY`` (or
-``ONESHOT``) before sending; the receiver sets ``FREE`` once it no longer
-needs the bytes, and only then does the sender write into it again. Without
-that handshake a reused segment could be overwritten while the peer still
-reads it: a worker's next reply may go to another client before the first
-client copied its reply out, and a client that timed out reuses its channel
-while the server still runs the request.
+Layer: beside the wire protocol (stdlib, numpy-free). Large arrays go into a
+file in ``/dev/shm`` that both processes map, so they skip nng's ipc byte
+stream. This module is the writing side: the segments a process creates
+(:class:`SegmentWriter`, one per socket) and the sweep of those that killed
+processes left; the reading side, a socket's maps of its peers' segments, is
+:mod:`nahual._shm_maps`.
+Layout and lifetime rules are in ``docs/protocol.md``: a segment starts with
+magic ``b"NHSM"`` and a *state* word; the sender sets ``BUSY`` (or
+``ONESHOT``) before sending, the receiver sets ``FREE`` once done with the
+bytes, and only then is the segment written again (a worker's next reply may
+go to another client, and a client that timed out reuses its channel while
+the server still runs the request).
 """
 
 from __future__ import annotations
@@ -24,16 +21,13 @@ import mmap
 import os
 import re
 import secrets
-import stat
 import struct
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ProtocolError
-
-__all__ = ["SegmentCache", "SegmentReader", "SegmentWriter", "shm_available", "sweep"]
+__all__ = ["SegmentWriter", "shm_available", "sweep"]
 
 #: Where segments live (a tmpfs: its pages count as RAM, see docs/protocol.md).
 SHM_DIR = "/dev/shm"
@@ -57,8 +51,6 @@ IDLE_S = 30.0
 #: A segment still busy after this long is abandoned (unlinked, never written again):
 #: its reader timed out or died, and must not pin the pool forever.
 STALE_S = 120.0
-#: Peer segments a socket keeps mapped (least recently used are dropped).
-CACHE = 32
 
 
 def _align(offset: int) -> int:
@@ -265,140 +257,3 @@ def _expired(segment: Segment, now: float, keep: bool) -> bool:
     if segment.state != FREE:
         return idle > STALE_S
     return not keep and idle > IDLE_S
-
-
-@dataclass
-class _Mapped:
-    map: mmap.mmap
-    fd: int
-
-
-class SegmentCache:
-    """A socket's maps of its peers' segments, by name; re-mapped when a segment grew.
-
-    Parameters
-    ----------
-    copy_out : bool
-        True where the sender reuses segments as soon as they are released (the
-        client: replies are copied into private memory while decoding).
-    directory : str, optional
-        Where segments live (default ``/dev/shm``).
-    """
-
-    def __init__(self, copy_out: bool, directory: str | None = None) -> None:
-        self.copy_out = copy_out
-        self._directory = directory
-        self._maps: dict[str, _Mapped] = {}
-        self._lock = threading.Lock()
-        self._closed = False
-
-    def reader(self) -> SegmentReader:
-        """A per-channel reader that remembers which segments to release."""
-        return SegmentReader(self)
-
-    def mapping(self, name: str, end: int) -> tuple[mmap.mmap, bool]:
-        """Segment ``name``, mapped to at least ``end`` bytes if the file has them, and whether it is one-shot."""
-        if not isinstance(name, str) or NAME_RE.match(name) is None:
-            raise ProtocolError(f"bad shared-memory segment name {name!r}")
-        with self._lock:
-            if self._closed:
-                raise ProtocolError("the socket is closed")
-            mapped = self._maps.pop(name, None)
-            if mapped is None:
-                mapped = self._open(name)
-                if mapped.fd < 0:
-                    return mapped.map, True
-            elif end > len(mapped.map):
-                mapped = _Mapped(self._checked_map(mapped.fd, name), mapped.fd)  # it grew
-            self._maps[name] = mapped  # most recently used last
-            while len(self._maps) > CACHE:
-                self._drop(next(iter(self._maps)))
-        return mapped.map, False
-
-    def _open(self, name: str) -> _Mapped:
-        path = os.path.join(self._directory or SHM_DIR, name)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError as exc:
-            raise ProtocolError(
-                f"shared-memory segment {name} cannot be opened ({exc.strerror}): both ends of an ipc "
-                "address must see the same /dev/shm, or set NAHUAL_SHM=0 on the client"
-            ) from None
-        try:
-            mapped = _Mapped(self._checked_map(fd, name), fd)
-        except BaseException:
-            os.close(fd)
-            raise
-        if STATE.unpack_from(mapped.map, STATE_OFFSET)[0] == ONESHOT:
-            with contextlib.suppress(OSError):
-                os.unlink(path)  # ours now: the memory goes with the last view
-            os.close(fd)
-            return _Mapped(mapped.map, -1)
-        return mapped
-
-    @staticmethod
-    def _checked_map(fd: int, name: str) -> mmap.mmap:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or info.st_size < HEADER:
-            raise ProtocolError(f"{name} is not a shared-memory segment of this user")
-        segment = mmap.mmap(fd, info.st_size)
-        if segment[:4] != MAGIC:
-            raise ProtocolError(f"{name} is not a nahual shared-memory segment")
-        return segment
-
-    def _drop(self, name: str) -> None:
-        mapped = self._maps.pop(name)
-        os.close(mapped.fd)
-
-    def close(self) -> None:
-        """Drop every map (idempotent); views handed out keep their own pages alive."""
-        with self._lock:
-            self._closed = True
-            for name in list(self._maps):
-                self._drop(name)
-
-
-class SegmentReader:
-    """What :func:`nahual._protocol.decode` resolves segment names with, for one channel.
-
-    It keeps the segments a received message used mapped until :meth:`release`
-    marks them FREE for their sender, once the channel is done with that message.
-    """
-
-    def __init__(self, cache: SegmentCache) -> None:
-        self.cache = cache
-        self._used: dict[str, mmap.mmap] = {}
-        self._oneshots: dict[str, mmap.mmap] = {}
-
-    @property
-    def copy_out(self) -> bool:
-        """Whether decoded arrays must be copied out of the segment."""
-        return self.cache.copy_out
-
-    def view(self, name: str, offset: int, nbytes: int) -> memoryview:
-        """Bytes of a peer segment (raises :class:`ProtocolError` for bad names or bounds)."""
-        if not isinstance(name, str) or NAME_RE.match(name) is None:
-            raise ProtocolError(f"bad shared-memory segment name {name!r}")
-        if type(offset) is not int or type(nbytes) is not int or offset < HEADER or offset % HEADER or nbytes < 0:
-            raise ProtocolError(f"segment offset {offset!r} is not an aligned offset past the segment header")
-        segment = self._oneshots.get(name)
-        if segment is None:
-            segment, oneshot = self.cache.mapping(name, offset + nbytes)
-            (self._oneshots if oneshot else self._used)[name] = segment
-        if offset + nbytes > len(segment):
-            raise ProtocolError(f"bytes [{offset}, {offset + nbytes}) lie outside segment {name} of {len(segment)}")
-        return memoryview(segment)[offset : offset + nbytes]
-
-    def probe(self, name: Any) -> bool:
-        """True when the peer's segment ``name`` can be opened here (same host, same ``/dev/shm``)."""
-        try:
-            self.cache.mapping(name, HEADER)
-        except (ProtocolError, TypeError):
-            return False
-        return True
-
-    def release(self) -> None:
-        """Mark the segments of the last received message FREE for their sender."""
-        used, self._used, self._oneshots = self._used, {}, {}
-        for segment in used.values():
-            STATE.pack_into(segment, STATE_OFFSET, FREE)

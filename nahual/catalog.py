@@ -29,6 +29,9 @@ CATALOG: Mapping[str, str] = {
     "threshold": "uv:{envs}/threshold",
     "laptrack": "uv:{envs}/laptrack",
     "regionprops": "uv:{envs}/regionprops",
+    "cellpose": "uv:{envs}/cellpose",
+    "cellpose-sam": "uv:{envs}/cellpose-sam",
+    "trackastra": "uv:{envs}/trackastra",
 }
 
 

@@ -1,7 +1,9 @@
 """Synthetic fluorescence time-lapse with ground truth, for tests, demos and benchmarks.
 
-Layer: model zoo (numpy and scipy only; the OME-Zarr writing is delegated to
-:mod:`nahual.stream`, imported only by :func:`write_demo`).
+Layer: above Zarr streaming, beside the CLI: :func:`write_demo` writes through
+:mod:`nahual.stream` (imported only there), and the node ids follow the model
+zoo's tracks format, so nothing below may import this module. Making the data
+(:func:`make_demo`) needs numpy and scipy only.
 
 The scene is a set of elliptical nuclei that drift, push each other apart
 (so that neighbours touch without overlapping much) and divide into two
@@ -25,7 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .models.laptrack import NODE_ID_STRIDE, object_nodes
+from .errors import ConfigError
+from .lineage import NODE_ID_STRIDE
+from .models.laptrack import object_nodes
 
 __all__ = ["DEFAULT_SIZE", "LARGE_SIZE", "DemoData", "DemoSize", "lineage_graph", "make_demo", "write_demo"]
 
@@ -117,9 +121,9 @@ def make_demo(size: DemoSize = DEFAULT_SIZE, seed: int = 0) -> DemoData:
     DemoData
     """
     if size.frames < 1 or size.nuclei < 1:
-        raise ValueError(f"a demo needs at least one frame and one nucleus, got {size}")
+        raise ConfigError(f"a demo needs at least one frame and one nucleus, got {size}")
     if size.height < 8 * size.radius or size.width < 8 * size.radius:
-        raise ValueError(f"demo size too small for nuclei of radius {size.radius}: {size}")
+        raise ConfigError(f"demo size too small for nuclei of radius {size.radius}: {size}")
     rng = np.random.default_rng(seed)
     nuclei = _seed_nuclei(size, rng)
     next_track = len(nuclei) + 1

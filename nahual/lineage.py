@@ -1,14 +1,21 @@
-"""Lineage graphs cut into CTC tracks: shared by trackers and the streaming layer.
+"""Lineage graphs: the track node-id format, and graphs cut into CTC tracks.
 
-Layer: beside the model API (numpy only), so a tracker model can number its
-tracks exactly as ``nahual apply`` and ``nahual export ctc`` do.
+Layer: beside the model API (numpy only), shared by trackers, the demo data
+and the streaming layer, so that a tracker model numbers its nodes and
+tracks exactly as ``nahual apply`` and ``nahual export ctc`` read them.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["tracklets"]
+from .errors import ContractError
+
+__all__ = ["NODE_ID_STRIDE", "tracklets"]
+
+#: A track node's id is ``t * NODE_ID_STRIDE + label``: unique in a series, and
+#: the same in every window of it, so that windows can be stitched on their overlap.
+NODE_ID_STRIDE = 2**32
 
 
 def tracklets(ids: np.ndarray, t: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
@@ -20,8 +27,16 @@ def tracklets(ids: np.ndarray, t: np.ndarray, edges: np.ndarray) -> tuple[np.nda
     order of their first node by (t, id), so the result does not depend on the
     order the tracker listed its nodes in; they are continuous in time, as the
     Cell Tracking Challenge format wants.
+
+    Raises
+    ------
+    ContractError
+        When an edge names a node id that is not in ``ids``.
     """
     index = {int(n): i for i, n in enumerate(ids.tolist())}
+    strays = sorted({int(n) for n in np.asarray(edges).ravel().tolist()} - index.keys())
+    if strays:
+        raise ContractError(f"every edge must join two of the nodes, got edges to unknown node ids {strays[:5]}")
     parents: dict[int, list[int]] = {}
     children: dict[int, list[int]] = {}
     for source, target in edges.tolist():

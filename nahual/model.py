@@ -1,19 +1,23 @@
-"""The model author API: subclass :class:`Model`, declare a :class:`Contract`.
+"""The model author API: subclass :class:`Model`, declare a :class:`Contract` and its :class:`Param` spec.
 
-A model is one small file::
+Layer: model author API (numpy only). A model is one small file::
 
-    class Blur(nahual.Model):
-        name = "blur"
+    class Bright(nahual.Model):
+        name = "bright"
         packages = ("scipy",)
-        contract = nahual.Contract(axes=("yx",), output="labels")
+        contract = nahual.Contract(axes=("yx",), output="labels", halo=8)
+        param_spec = (nahual.Param("level", 0.5, "pixels above it are objects", min=0),)
 
-        def load(self, sigma=1.0):
-            import scipy.ndimage          # heavy imports belong in load
-            self.sigma = sigma
+        def load(self, **params):
+            super().load(**params)          # checks params, stores self.params
+            import scipy.ndimage            # heavy imports belong in load
+            self.ndimage = scipy.ndimage
 
         def process(self, payload, **params):
-            ...
-            return {"labels": labels}
+            p = self.merge_params(params, self.params)
+            arrays, axes = self.contract.read_payload(payload)
+            labels, _ = self.ndimage.label(arrays["image"] > p["level"])
+            return {"labels": labels.astype("uint32")}
 
 The server creates one instance per distinct (model, load params), calls
 ``load`` once, then ``process`` for every request. Payloads are dicts of
@@ -23,14 +27,17 @@ from the network are read-only views, so copy before writing into them.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import numpy as np
 
-from .errors import ContractError
+from ._params import Param, check_params, describe_params
+from .errors import ContractError, ParamError
 
-__all__ = ["OUTPUT_KINDS", "Contract", "Model"]
+__all__ = ["OUTPUT_KINDS", "Contract", "Model", "Param"]
 
 #: What a model produces; the streaming layer picks its writer from this.
 OUTPUT_KINDS = ("labels", "tracks", "features", "embeddings", "array")
@@ -59,7 +66,9 @@ class Contract:
     halo : int
         Pixels of context the model needs around a tile for exact borders.
     params : dict
-        Parameter names to a short description with the default, for ``nahual models``.
+        Parameter names to their one-line description (what each takes and its
+        default), for ``info`` and ``nahual models``. In a :class:`Model` it is
+        written from the model's ``param_spec``; leave it empty there.
     """
 
     axes: tuple[str, ...] = ()
@@ -114,6 +123,8 @@ class Contract:
         arrays = {key: np.asarray(payload[key]) for key in self.inputs}
         first = arrays[self.inputs[0]]
         axes = payload.get("axes") or self._infer_axes(first.ndim)
+        if not isinstance(axes, str):
+            raise ContractError(f"payload 'axes' must be a string of axis names, got {axes!r}")
         self.check_axes(axes)
         if first.ndim != len(axes):
             what = "integer label array" if self.inputs[0] == "labels" else self.inputs[0]
@@ -130,8 +141,10 @@ class Contract:
 
     def _infer_axes(self, ndim: int) -> str:
         fitting = [axes for axes in self.axes if len(axes) == ndim]
-        if len(fitting) != 1:
-            raise ContractError(f"a {ndim}-d input needs payload 'axes', one of {' or '.join(self.axes)}")
+        if not fitting:
+            raise ContractError(f"model expects axes {' or '.join(self.axes)}, got a {ndim}-d input without 'axes'")
+        if len(fitting) > 1:
+            raise ContractError(f"a {ndim}-d input needs payload 'axes', one of {' or '.join(fitting)}")
         return fitting[0]
 
 
@@ -145,32 +158,81 @@ class Model:
     packages : tuple of str
         Distributions whose versions ``info`` reports (e.g. ``("torch", "cellpose")``).
     contract : Contract
-        What the model accepts and returns.
-    defaults : dict
-        Every parameter with its default value; names outside it are typos.
+        What the model accepts and returns; its ``params`` are filled in from ``param_spec``.
+    param_spec : tuple of Param
+        Every parameter, declared once; names outside it are typos.
+    defaults : mapping
+        Each param's default, derived from ``param_spec`` (read-only).
     """
 
     name: ClassVar[str] = ""
     packages: ClassVar[tuple[str, ...]] = ()
     contract: ClassVar[Contract] = Contract()
-    defaults: ClassVar[dict[str, Any]] = {}
+    param_spec: ClassVar[tuple[Param, ...]] = ()
+    defaults: ClassVar[Mapping[str, Any]] = MappingProxyType({})
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Derive ``defaults`` and ``contract.params`` from ``param_spec``, so neither is written by hand.
+
+        Raises
+        ------
+        ParamError
+            When the class sets ``defaults`` itself, writes contract params that
+            differ from its spec, or declares a bad spec.
+        """
+        super().__init_subclass__(**kwargs)
+        owner = cls.name or cls.__name__
+        if "defaults" in vars(cls):
+            raise ParamError(f"{owner}: declare parameters as param_spec = (Param(...), ...), not defaults")
+        descriptions = describe_params(owner, cls.param_spec)
+        if "contract" in vars(cls) and cls.contract.params and cls.contract.params != descriptions:
+            raise ParamError(f"{owner}: Contract(params=...) is written from param_spec; leave it out")
+        cls.contract = replace(cls.contract, params=descriptions)
+        cls.defaults = MappingProxyType({param.name: param.default for param in cls.param_spec})
+
+    @classmethod
+    def check_params(cls, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Check params against ``param_spec`` without creating or loading the model.
+
+        The workflow calls it when it reads its config, so that ``{sigmaa: 2}``
+        fails at parse time instead of on a server.
+
+        Parameters
+        ----------
+        params : mapping
+            Names to values, load or call params.
+
+        Returns
+        -------
+        dict
+            The same params, as a new dict (defaults are not added).
+
+        Raises
+        ------
+        ParamError
+            For an unknown name, a wrong type, None where it is not allowed, a
+            value outside the choices or range, or NaN/infinity.
+        """
+        return check_params(cls.name or cls.__name__, cls.param_spec, params)
 
     def load(self, **params: Any) -> None:
         """Prepare the model once per instance (weights, device, threads).
 
         The default stores :attr:`defaults` updated with ``params`` in
-        ``self.params``; override it to load weights (call :meth:`merge_params`
-        so that typos raise ``TypeError`` at load time).
+        ``self.params``; an override that loads weights calls it first (or
+        :meth:`merge_params`) so that bad params raise ``ParamError`` at load.
         """
         self.params = self.merge_params(params)
 
-    def merge_params(self, params: dict[str, Any], base: dict[str, Any] | None = None) -> dict[str, Any]:
-        """``base`` (default: :attr:`defaults`) updated with ``params``; unknown names raise ``TypeError``."""
-        unknown = sorted(set(params) - set(self.defaults))
-        if unknown:
-            name = self.name or type(self).__name__
-            raise TypeError(f"{name} got unknown params {unknown}; known: {sorted(self.defaults)}")
-        return {**(self.defaults if base is None else base), **params}
+    def merge_params(self, params: Mapping[str, Any], base: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """``base`` (default: :attr:`defaults`) updated with ``params``, checked by :meth:`check_params`.
+
+        Raises
+        ------
+        ParamError
+            As :meth:`check_params`.
+        """
+        return {**(self.defaults if base is None else base), **self.check_params(params)}
 
     def process(self, payload: Any, **params: Any) -> Any:
         """Process one payload; ``params`` are per-call overrides. Must be thread-safe

@@ -1,4 +1,10 @@
-"""Find the models an environment provides: the ``nahual.models`` entry points, or ``module:Class``."""
+"""Find the models an environment provides: the ``nahual.models`` entry points, or ``module:Class``.
+
+A ``module:Class`` reference imports its module before it can be checked to
+name a :class:`nahual.Model` subclass: resolving one runs that module's code.
+A server resolves them for ``load`` requests only when started with
+``--allow-module-models`` (``docs/security.md``).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,7 @@ import importlib
 from .errors import ConfigError
 from .model import Model
 
-__all__ = ["available_models", "resolve_model"]
+__all__ = ["available_models", "is_module_reference", "missing_packages", "resolve_model"]
 
 ENTRY_POINT_GROUP = "nahual.models"
 
@@ -21,6 +27,11 @@ def available_models() -> dict[str, str]:
     from importlib.metadata import entry_points  # slow to import: only when a model is looked up
 
     return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def is_module_reference(reference: str) -> bool:
+    """True for a ``module:Class`` reference, False for a model name registered here."""
+    return ":" in reference and reference not in available_models()
 
 
 def resolve_model(reference: str) -> type[Model]:
@@ -46,3 +57,20 @@ def resolve_model(reference: str) -> type[Model]:
     if not (isinstance(cls, type) and issubclass(cls, Model)):
         raise ConfigError(f"{target} is not a subclass of nahual.Model")
     return cls
+
+
+def missing_packages(cls: type[Model]) -> list[str]:
+    """The distributions of ``cls.packages`` that are not installed in this environment.
+
+    A server lists a model whose packages are missing as unavailable (naming them)
+    instead of failing on its first request.
+    """
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    missing = []
+    for name in cls.packages:
+        try:
+            distribution(name)
+        except PackageNotFoundError:
+            missing.append(name)
+    return missing

@@ -23,10 +23,7 @@ import numpy as np
 
 from .errors import ConfigError
 
-__all__ = ["FIGURES", "lineage_roots", "outlines", "plane", "write_report"]
-
-#: The pictures :func:`write_report` may draw, in order.
-FIGURES = ("outlines", "tracks", "summary")
+__all__ = ["lineage_roots", "outlines", "plane", "write_report"]
 
 
 def plane(array: Any, axes: str, t: int, channel: int = 0) -> np.ndarray:
@@ -277,7 +274,8 @@ class _Image:
         self.channel = channel
         if "c" in self.source.axes and not 0 <= channel < self.source.shape[self.source.axes.index("c")]:
             raise ConfigError(f"--channel {channel} does not exist in {path}")
-        self.labels = open_source(os.path.join(path, "labels", labels)) if labels else None
+        # outputs are in the image group (the group holding a plain array)
+        self.labels = open_source(os.path.join(self.source.image_path, "labels", labels)) if labels else None
 
     @property
     def frames(self) -> int:
@@ -332,8 +330,9 @@ def write_report(
     if tracks is not None:
         from .stream import read_tracks
 
-        nodes, edges, meta = read_tracks(image_path, tracks)
-        graph = {"nodes": nodes, "edges": edges, "labels": _linked_labels(image_path, tracks, meta)}
+        group = image.source.image_path
+        nodes, edges, meta = read_tracks(group, tracks)
+        graph = {"nodes": nodes, "edges": edges, "labels": _linked_labels(group, tracks, meta)}
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     written = []

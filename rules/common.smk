@@ -1,16 +1,25 @@
-"""Config validation and input functions of the nahual workflow (the only Python in the rules).
+"""Paths and input functions of the nahual workflow (config.smk reads the config into IMAGES, MODELS, STEPS).
 
-The config is checked against ``workflow/schemas/config.schema.yaml`` (types,
-unknown keys), then for what a schema cannot say (references between steps
-and models, image paths). Every error names the config key at fault.
+Paths (``{image}`` and ``{step}`` are config names, ``{batch}`` a server index,
+``{consumer}`` one consumer job of a step: ``STEP/shardI-of-N`` for labels
+steps, ``STEP`` for the others):
 
-Paths (``{image}`` and ``{step}`` are config names, ``{batch}`` a server index):
-
-- ``results/servers/{step}/{batch}.ready``: service file of one model server,
-  created by ``nahual serve`` once the model is loaded; its socket beside it
-  (``.sock``, an ipc address relative to the working directory: short, and
-  the same on every node);
-- ``results/{image}/{step}/shard{i}-of-{n}.done``: one consumer of a labels step done;
+- ``results/images/{image}.ingested``: an image given as TIFF was converted
+  into ``resources/{image}.zarr`` (image_ingest);
+- ``results/params/{image}/{step}.json``: what decides a step's output for an
+  image (model, params, kind, input, stream options), and
+  ``results/params/{image}.json`` how an image the workflow makes is made (the
+  TIFF and its axes and scale, or the demo section); rewritten by config.smk
+  only when they change, so that their mtimes say what an edit changed;
+- ``results/{image}/{step}.reset``: the step's output was started afresh for
+  that record (output_reset), so that no earlier run's state is resumed;
+- ``results/servers/{step}/{image}/{batch}.ready``: service file of one model
+  server, written by ``nahual serve`` once the model is loaded (or, holding
+  the error, once it failed to load); its socket beside it (``.sock``, an ipc
+  address relative to the working directory: short, the same on every node).
+  Each image has its own servers, so that adding an image runs that image only;
+- ``results/{image}/{consumer}.done``: one consumer done (``nahual apply --done``);
+  for a tracks or tables step that is the step done;
 - ``results/{image}/{step}.done``: a step done for an image (the output is
   inside the image store: ``labels/{step}``, ``tracks/{step}`` or ``tables/{step}``);
 - ``results/{image}/report/*.png``: the pictures of the report.
@@ -19,158 +28,6 @@ Paths (``{image}`` and ``{step}`` are config names, ``{batch}`` a server index):
 import json
 import os
 import shlex
-
-from snakemake.exceptions import WorkflowError
-from snakemake.utils import validate
-
-SCHEMA = "../workflow/schemas/config.schema.yaml"
-
-# First without defaults, so that a wrong type gets the validator's message
-# (filling defaults into a string instead of an object would crash instead).
-validate(config, SCHEMA, set_default=False)
-validate(config, SCHEMA)
-
-
-def config_error(key, message):
-    """A WorkflowError naming the config key at fault."""
-    return WorkflowError(f"config error at {key}: {message}")
-
-
-def parse_images(cfg):
-    """Image name -> {path, axes, channel, tile, halo, shards, inflight} with streaming defaults filled in."""
-    stream = cfg["streaming"]
-    images = {}
-    for name, entry in cfg["images"].items():
-        entry = {"path": entry} if isinstance(entry, str) else dict(entry)
-        for key in ("tile", "halo", "shards", "inflight"):
-            entry.setdefault(key, stream[key])
-        entry.setdefault("axes", None)
-        entry.setdefault("channel", None)
-        entry["demo"] = os.path.normpath(entry["path"]) == os.path.normpath(cfg["demo"]["path"])
-        if not entry["demo"] and not os.path.exists(entry["path"]):
-            raise config_error(
-                f"images.{name}", f"{entry['path']!r} does not exist (only demo.path, {cfg['demo']['path']!r}, is made by the workflow)"
-            )
-        images[name] = entry
-    return images
-
-
-#: Output kinds the workflow handles: labels (segment.smk), tracks (track.smk), tables (measure.smk).
-KINDS = ("labels", "tracks", "features", "embeddings")
-
-
-def model_kind(model, key):
-    """Output kind of a registered model, from its contract (imports only the adapter module)."""
-    from nahual.errors import NahualError
-    from nahual.registry import resolve_model
-
-    try:
-        kind = resolve_model(model).contract.output
-    except NahualError as exc:
-        raise config_error(key, f"cannot find the output kind of model {model!r} ({exc}); give kind: explicitly")
-    if kind not in KINDS:
-        raise config_error(key, f"model {model!r} outputs {kind!r}; the workflow handles {', '.join(KINDS)}")
-    return kind
-
-
-def parse_models(cfg):
-    """Model key -> {model, params, env, instances, resources}; env defaults to the catalog's."""
-    from nahual.catalog import default_env
-    from nahual.errors import NahualError
-
-    models = {}
-    for key, entry in cfg["models"].items():
-        entry = dict(entry)
-        entry.setdefault("model", key)
-        if "env" not in entry:
-            try:
-                entry["env"] = default_env(entry["model"])
-            except NahualError as exc:
-                raise config_error(f"models.{key}.env", str(exc))
-        models[key] = entry
-    return models
-
-
-def parse_chain(cfg, models):
-    """Step name -> {model, input, kind, params}, in chain order; inputs must be earlier labels steps."""
-    steps = {}
-    for index, entry in enumerate(cfg["chain"]):
-        key = f"chain[{index}]"
-        name = entry["name"]
-        if name in steps:
-            raise config_error(f"{key}.name", f"step {name!r} appears twice")
-        if entry["model"] not in models:
-            raise config_error(f"{key}.model", f"{entry['model']!r} is not a key of models (known: {', '.join(models)})")
-        kind = entry.get("kind") or model_kind(models[entry["model"]]["model"], f"{key}.kind")
-        source = entry["input"]
-        if source != "image":
-            if source not in steps:
-                raise config_error(f"{key}.input", f"{source!r} is neither 'image' nor an earlier step ({', '.join(steps) or 'none'})")
-            if steps[source]["kind"] != "labels":
-                raise config_error(f"{key}.input", f"step {source!r} writes {steps[source]['kind']}, not labels")
-        elif kind == "tracks":
-            raise config_error(f"{key}.input", "a tracker reads labels: name an earlier labels step")
-        params = {**models[entry["model"]]["params"], **entry["params"]}
-        steps[name] = {"model": entry["model"], "input": source, "kind": kind, "params": params}
-    return steps
-
-
-def parse_report(cfg, steps):
-    """The labels and tracks steps the report draws (None when the chain has none)."""
-    chosen = {}
-    for kind in ("labels", "tracks"):
-        name = cfg["report"].get(kind)
-        if name is None:
-            name = next((s for s, step in steps.items() if step["kind"] == kind), None)
-        elif name not in steps or steps[name]["kind"] != kind:
-            raise config_error(f"report.{kind}", f"{name!r} is not a {kind} step of the chain")
-        chosen[kind] = name
-    return chosen
-
-
-def snakemake_running_here():
-    """Whether another snakemake process runs in this working directory (Linux /proc; True when unknown)."""
-    proc = os.path.join(os.sep, "proc")
-    if not os.path.isdir(proc):
-        return True
-    here, skip = os.path.realpath(os.getcwd()), {os.getpid(), os.getppid()}
-    for entry in os.listdir(proc):
-        if not entry.isdigit() or int(entry) in skip:
-            continue
-        try:
-            if os.path.realpath(os.readlink(os.path.join(proc, entry, "cwd"))) != here:
-                continue
-            with open(os.path.join(proc, entry, "cmdline"), "rb") as f:
-                if b"snakemake" in f.read():
-                    return True
-        except OSError:
-            continue
-    return False
-
-
-def clear_stale_lock():
-    """Remove the lock a killed snakemake left, so that a rerun needs no ``--unlock``.
-
-    Only in the main process, and only when no other snakemake process runs in
-    this directory (on the cluster, jobs of a killed run keep the lock alive).
-    """
-    locks = os.path.join(".snakemake", "locks")
-    if not workflow.is_main_process or not os.path.isdir(locks) or not os.listdir(locks):
-        return
-    if snakemake_running_here():
-        return
-    for name in os.listdir(locks):
-        os.unlink(os.path.join(locks, name))
-    logger.warning("nahual: removed the lock left by a snakemake run that was killed")
-
-
-clear_stale_lock()
-
-IMAGES = parse_images(config)
-MODELS = parse_models(config)
-STEPS = parse_chain(config, MODELS)
-REPORT = parse_report(config, STEPS)
-DEMO = config["demo"]
 
 
 def steps_of(kind):
@@ -183,30 +40,45 @@ def name_pattern(names):
     return "|".join(names) if names else "(?!x)x"
 
 
+def consumer_name(step, shard):
+    """The ``{consumer}`` wildcard of one consumer job: ``STEP/shardI-of-N`` (labels steps) or ``STEP``."""
+    return step if shard is None else f"{step}/shard{shard[0]}-of-{shard[1]}"
+
+
+def parse_consumer(consumer):
+    """(step, shard) of a ``{consumer}`` wildcard; shard (I, N), or None for a step with one job per image."""
+    step, _, shard = consumer.partition("/")
+    if not shard:
+        return step, None
+    index, _, count = shard.removeprefix("shard").partition("-of-")
+    return step, (int(index), int(count))
+
+
+def consumer_pattern():
+    """A wildcard constraint matching the consumers of every step (and no step marker of a labels step)."""
+    sharded = [rf"{step}/shard\d+-of-\d+" for step in steps_of("labels")]
+    return name_pattern(sharded + [step for step, entry in STEPS.items() if entry["kind"] != "labels"])
+
+
 wildcard_constraints:
     image=name_pattern(list(IMAGES)),
     model=name_pattern(list(MODELS)),
+    step=name_pattern(list(STEPS)),
     batch=r"\d+",
-    shard=r"\d+-of-\d+",
+    consumer=consumer_pattern(),
 
 
 # ---------------------------------------------------------------- outputs
 
 
-def shard_names(image):
-    """Shard wildcard values of one image's labels steps: 0-of-N .. N-1-of-N."""
+def shards_of(image):
+    """The shards (I, N) of one image's labels steps, one consumer job each."""
     count = IMAGES[image]["shards"]
-    return [f"{index}-of-{count}" for index in range(count)]
-
-
-def consumers_of(step):
-    """(image, shard) of every consumer job of a step, in a fixed order (shard None: one job per image)."""
-    if STEPS[step]["kind"] == "labels":
-        return [(image, shard) for image in IMAGES for shard in shard_names(image)]
-    return [(image, None) for image in IMAGES]
+    return [(index, count) for index in range(count)]
 
 
 def step_marker(image, step):
+    """The marker of a step done for an image (a stitch's for labels steps, the one consumer's otherwise)."""
     return f"results/{image}/{step}.done"
 
 
@@ -229,16 +101,78 @@ def report_figures():
     return figures
 
 
+# ---------------------------------------------------------------- images
+
+
+def image_input(image):
+    """The image as a job input: the file that says it was made (demo, ingest), or the user's store itself.
+
+    A store the user gives is ``ancient``: its mtime changes as outputs are
+    written into it, which must not rerun anything. The markers of made
+    images change only when the image is made again, which redoes its steps.
+    """
+    entry = IMAGES[image]
+    if entry["made_by"] == "demo":
+        return os.path.join(entry["path"], "zarr.json")
+    if entry["made_by"] == "ingest":
+        return f"results/images/{image}.ingested"
+    return ancient(entry["path"])
+
+
+def get_ingest_inputs(wildcards):
+    """The TIFF file (or folder of TIFFs) of an image given as TIFF, and the record of how it is read."""
+    return {"tiff": IMAGES[wildcards.image]["source"], "record": params_file(wildcards.image)}
+
+
+def get_demo_record(wildcards):
+    """The record of the demo section, when an image is the demo (a change makes the demo again)."""
+    return [params_file(name) for name, image in IMAGES.items() if image["made_by"] == "demo"]
+
+
+def get_ingest_args(wildcards):
+    """``nahual ingest IN OUT`` and its options: the image's axes and pixel sizes."""
+    entry = IMAGES[wildcards.image]
+    return shlex.join([entry["source"], entry["path"], *entry["ingest"]])
+
+
+def get_ingest_folder(wildcards):
+    """The folder the ingested store goes into (``nahual ingest`` wants it to exist)."""
+    return os.path.dirname(IMAGES[wildcards.image]["path"])
+
+
+def get_demo_args():
+    """``nahual demo-data`` options from the demo section."""
+    args = ["--seed", str(DEMO["seed"]), "--levels", str(DEMO["levels"])]
+    if DEMO["large"]:
+        return shlex.join(args + ["--large"])
+    for key in ("frames", "size", "nuclei"):
+        if key in DEMO:
+            args += [f"--{key}", str(DEMO[key])]
+    return shlex.join(args)
+
+
+def get_output_folder(wildcards, output):
+    """The folder of a job's first output: the demo store, the folder of the report pictures."""
+    return os.path.dirname(output[0])
+
+
+def get_store(wildcards):
+    """The group a step writes into: the image, or the parent group of a plain array."""
+    return IMAGES[wildcards.image]["group"]
+
+
 # ---------------------------------------------------------------- servers
 
 
+def model_of(step):
+    return MODELS[STEPS[step]["model"]]
+
+
 def get_server(wildcards):
-    """The service file of the server a consumer uses: consumers are dealt round-robin over the instances."""
-    step = wildcards.step
-    shard = getattr(wildcards, "shard", None)
-    position = consumers_of(step).index((wildcards.image, shard))
-    batch = position % MODELS[STEPS[step]["model"]]["instances"]
-    return f"results/servers/{step}/{batch}.ready"
+    """The service file of the server a consumer uses: the image's shards are dealt round-robin over its instances."""
+    step, shard = parse_consumer(wildcards.consumer)
+    batch = (shard[0] if shard else 0) % model_of(step)["instances"]
+    return f"results/servers/{step}/{wildcards.image}/{batch}.ready"
 
 
 def get_server_socket(wildcards):
@@ -247,7 +181,13 @@ def get_server_socket(wildcards):
 
 
 def get_server_address(wildcards):
+    """The ipc address of that server, relative to the working directory."""
     return f"ipc://{get_server_socket(wildcards)}"
+
+
+def get_serve_address(wildcards, output):
+    """The ipc address a server listens on: its socket output."""
+    return f"ipc://{output.socket}"
 
 
 def get_env_marker(wildcards):
@@ -255,14 +195,18 @@ def get_env_marker(wildcards):
     return f"results/envs/{STEPS[wildcards.step]['model']}.txt"
 
 
-def model_of(step):
-    return MODELS[STEPS[step]["model"]]
+def get_env_spec(wildcards):
+    """The environment spec of a model, for env_prepare."""
+    return MODELS[wildcards.model]["env"]
 
 
 def get_serve_args(wildcards):
     """``nahual serve`` options after the address: environment, preload and the step's params."""
     entry, params = model_of(wildcards.step), STEPS[wildcards.step]["params"]
-    return shlex.join(["--env", entry["env"], "--preload", entry["model"], "--params", json.dumps(params)])
+    args = ["--env", entry["env"], "--preload", entry["model"], "--params", json.dumps(params)]
+    if ":" in entry["model"]:  # a module:Class the config names (the socket is the user's own, mode 0600)
+        args.append("--allow-module-models")
+    return shlex.join(args)
 
 
 def server_resource(name):
@@ -277,68 +221,74 @@ def server_resource(name):
 # ---------------------------------------------------------------- consumers
 
 
-def image_input(image):
-    """The image store as a job input: the demo's root metadata (made by demo_data), else the store itself.
-
-    ``ancient``: the store's mtime changes as outputs are written into it, which must not rerun anything.
-    """
-    entry = IMAGES[image]
-    if entry["demo"]:
-        return ancient(os.path.join(entry["path"], "zarr.json"))
-    return ancient(entry["path"])
-
-
-def get_step_inputs(wildcards):
-    """Image store, the marker of the step's input step (if any) and the server's service file."""
-    inputs = {"image": image_input(wildcards.image)}
+def get_reset_inputs(wildcards):
+    """What a step's output of an image is made from: its record, the image, the input step's marker."""
+    inputs = {"params": params_file(wildcards.image, wildcards.step), "image": image_input(wildcards.image)}
     source = STEPS[wildcards.step]["input"]
     if source != "image":
         inputs["source"] = step_marker(wildcards.image, source)
     return inputs
 
 
+def get_consumer_inputs(wildcards):
+    """Image, the step's reset marker and the marker of the step's input step (if any)."""
+    step = parse_consumer(wildcards.consumer)[0]
+    inputs = {"image": image_input(wildcards.image), "reset": f"results/{wildcards.image}/{step}.reset"}
+    source = STEPS[step]["input"]
+    if source != "image":
+        inputs["source"] = step_marker(wildcards.image, source)
+    return inputs
+
+
+def get_step(wildcards):
+    """The step a consumer runs: the name of its output in the image store."""
+    return parse_consumer(wildcards.consumer)[0]
+
+
 def get_source(wildcards):
-    """What ``nahual apply`` reads: the image (with ``--labels`` for measurements), or ``IMAGE/labels/STEP``."""
-    path = IMAGES[wildcards.image]["path"]
-    step = STEPS[wildcards.step]
-    if step["input"] == "image" or step["kind"] in ("features", "embeddings"):
-        return path
-    return f"{path}/labels/{step['input']}"
+    """What ``nahual apply`` reads: the image (with ``--labels`` for measurements), or ``GROUP/labels/STEP``."""
+    image = IMAGES[wildcards.image]
+    step = STEPS[get_step(wildcards)]
+    if reads_image(step):
+        return image["path"]
+    return f"{image['group']}/labels/{step['input']}"
 
 
 def get_apply_args(wildcards):
-    """``nahual apply`` options of one consumer: model, params, tiling, sharding (shell-quoted)."""
-    step, image = STEPS[wildcards.step], IMAGES[wildcards.image]
-    entry = MODELS[step["model"]]
-    args = ["--model", entry["model"], "--kind", step["kind"], "--inflight", str(image["inflight"])]
+    """``nahual apply`` options of one consumer: model, kind, params, the image's stream options and shard."""
+    name, shard = parse_consumer(wildcards.consumer)
+    step, image = STEPS[name], IMAGES[wildcards.image]
+    options = image["options"] if shard is None else image["options"].replace(shard=shard)
+    args = ["--model", MODELS[step["model"]]["model"], "--kind", step["kind"], *options.to_cli()]
     if step["params"]:
         args += ["--params", json.dumps(step["params"])]
-    if image["axes"]:
+    if image["axes"] and reads_image(step):
         args += ["--axes", image["axes"]]
-    if image["channel"] is not None:
-        args += ["--channel", str(image["channel"])]
-    if step["kind"] == "labels":
-        tile = ",".join(f"{axis}={size}" for axis, size in image["tile"].items()) or "none"
-        args += ["--tile", tile]
-        if image["halo"] is not None:
-            args += ["--halo", str(image["halo"])]
-        shard = getattr(wildcards, "shard", None)
-        if shard:
-            args += ["--shard", shard.replace("-of-", "/")]
     if step["kind"] in ("features", "embeddings") and step["input"] != "image":
         args += ["--labels", step["input"]]
     return shlex.join(args)
 
 
 def get_shard_markers(wildcards):
-    return expand("results/{image}/{step}/shard{shard}.done", shard=shard_names(wildcards.image), **wildcards)
-
-
-def get_store(wildcards):
-    return IMAGES[wildcards.image]["path"]
+    """The markers of every consumer of a labels step, for its stitch."""
+    names = [consumer_name(wildcards.step, shard) for shard in shards_of(wildcards.image)]
+    return [f"results/{wildcards.image}/{name}.done" for name in names]
 
 
 # ---------------------------------------------------------------- report
+
+
+def report_outputs():
+    """The pictures of one image, as report items captioned by workflow/report/FIGURE.rst."""
+    return {
+        figure: report(
+            f"results/{{image}}/report/{figure}.png",
+            caption=f"../workflow/report/{figure}.rst",
+            category="{image}",
+            labels={"image": "{image}", "figure": figure},
+        )
+        for figure in report_figures()
+    }
 
 
 def get_report_inputs(wildcards):
@@ -349,23 +299,16 @@ def get_report_inputs(wildcards):
     return inputs
 
 
+def get_report_image(wildcards):
+    """What ``nahual report`` reads: the image, or a plain array (with its axes)."""
+    return IMAGES[wildcards.image]["path"]
+
+
 def get_report_args(wildcards):
-    args = ["--frames", str(config["report"]["frames"])]
+    args = ["--frames", str(lookup(dpath="report/frames", within=config))]
     for kind, step in REPORT.items():
         if step:
             args += [f"--{kind}", step]
-    return shlex.join(args)
-
-
-# ---------------------------------------------------------------- demo
-
-
-def get_demo_args():
-    """``nahual demo-data`` options from the demo section."""
-    args = ["--seed", str(DEMO["seed"]), "--levels", str(DEMO["levels"])]
-    if DEMO["large"]:
-        return shlex.join(args + ["--large"])
-    for key in ("frames", "size", "nuclei"):
-        if key in DEMO:
-            args += [f"--{key}", str(DEMO[key])]
+    if IMAGES[wildcards.image]["axes"]:
+        args += ["--axes", IMAGES[wildcards.image]["axes"]]
     return shlex.join(args)

@@ -1,13 +1,16 @@
-# The synthetic demo time-lapse (OME-Zarr with ground truth), written when missing.
+# The synthetic demo time-lapse (OME-Zarr with ground truth), written when missing
+# or when the demo section changed (its record, results/params/IMAGE.json).
 # Its output is the store's root metadata file, so that outputs written into the
 # store later are never part of this rule's output.
 
 
 rule demo_data:
+    input:
+        get_demo_record,
     output:
         os.path.join(DEMO["path"], "zarr.json"),
     params:
-        store=lambda wildcards, output: os.path.dirname(output[0]),
+        store=get_output_folder,
         options=get_demo_args(),
     log:
         "logs/demo_data/demo.log",

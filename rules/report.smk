@@ -9,18 +9,10 @@ if report_figures():  # a chain without labels or tracks has nothing to draw
         input:
             unpack(get_report_inputs),
         output:
-            **{
-                figure: report(
-                    f"results/{{image}}/report/{figure}.png",
-                    caption=f"../workflow/report/{figure}.rst",
-                    category="{image}",
-                    labels={"image": "{image}", "figure": figure},
-                )
-                for figure in report_figures()
-            },
+            **report_outputs(),
         params:
-            store=lambda wildcards: IMAGES[wildcards.image]["path"],
-            outdir=lambda wildcards, output: os.path.dirname(output[0]),
+            image=get_report_image,
+            outdir=get_output_folder,
             options=get_report_args,
         log:
             "logs/report_figures/{image}.log",
@@ -31,4 +23,4 @@ if report_figures():  # a chain without labels or tracks has nothing to draw
             mem_mb=2000,
             runtime=30,
         shell:
-            "nahual report {params.store:q} {params.outdir:q} {params.options} > {log} 2>&1"
+            "nahual report {params.image:q} {params.outdir:q} {params.options} > {log} 2>&1"

@@ -1,32 +1,6 @@
-# Labels steps: one consumer job per image shard streams tiles through the
-# step's server; a stitch job joins the shards into one consistent label image.
-
-
-rule segment_apply:
-    input:
-        unpack(get_step_inputs),
-        server=get_server,
-        socket=get_server_socket,
-    output:
-        "results/{image}/{step}/shard{shard}.done",
-    wildcard_constraints:
-        step=name_pattern(steps_of("labels")),
-    params:
-        source=get_source,
-        address=get_server_address,
-        options=get_apply_args,
-    log:
-        "logs/segment_apply/{image}/{step}/shard{shard}.log",
-    benchmark:
-        "results/benchmarks/segment_apply/{image}/{step}/shard{shard}.tsv"
-    group:
-        "nahual"
-    threads: 0
-    resources:
-        mem_mb=500,
-        runtime=60,
-    shell:
-        "nahual apply {params.source:q} {wildcards.step} --server {params.address} {params.options} > {log} 2>&1 && touch {output}"
+# Labels steps: once every shard of an image ran (model_apply), the stitch
+# joins their blocks into one consistent label image (objects cut by block
+# borders merged, numbered 1..N).
 
 
 rule segment_stitch:

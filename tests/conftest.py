@@ -1,7 +1,8 @@
 """Shared fixtures: short private ipc directories, deadline polling and real server processes.
 
-``serve(*args, address=None, env=None)`` starts ``python -m nahual serve ADDRESS
---ready-file FILE --parent PYTEST_PID *args`` in its own process group, waits
+``serve(*args, address=None, env=None, allow_module_models=True, cwd=None)`` starts
+``python -m nahual serve ADDRESS --ready-file FILE --parent PYTEST_PID --allow-module-models *args``
+(the tests load their models as ``module:Class``) in its own process group, waits
 (with a deadline) for the ready file and returns a :class:`Served`;
 ``address, process = served`` works. ``--parent`` makes servers exit even when
 the test run is killed before its teardown. At teardown every server still running gets SIGTERM, then SIGKILL, by
@@ -145,6 +146,8 @@ class _ServerFactory:
         address: str | None = None,
         env: dict[str, str | None] | None = None,
         ready_timeout: float = READY_TIMEOUT,
+        allow_module_models: bool = True,
+        cwd: Path | None = None,
     ) -> Served:
         name = f"s{len(self.started)}"
         address = address or f"ipc://{self.directory / name}.sock"
@@ -154,11 +157,11 @@ class _ServerFactory:
         # (later args win, so a test may pass its own --parent).
         command = [
             sys.executable, "-m", "nahual", "serve", address, "--ready-file", str(ready_file),
-            "--parent", str(os.getpid()), *args,
+            "--parent", str(os.getpid()), *(["--allow-module-models"] if allow_module_models else []), *args,
         ]  # fmt: skip
         with open(log, "wb") as out:
             process = subprocess.Popen(
-                command, stdout=out, stderr=subprocess.STDOUT, env=subprocess_env(env), start_new_session=True
+                command, stdout=out, stderr=subprocess.STDOUT, env=subprocess_env(env), start_new_session=True, cwd=cwd
             )
         served = Served(address, process, ready_file, log)
         self.started.append(served)

@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from nahual import Contract, Model
+from nahual import Contract, Model, Param
+from nahual.lineage import NODE_ID_STRIDE
 
 __all__ = ["Blobs", "Embed", "Measure", "Overlap", "TwoChannels"]
 
@@ -29,21 +30,24 @@ class Blobs(Model):
         output="labels",
         halo=16,
         dtype="float32",
-        params={"threshold": "pixels above it are foreground (0.5)", "delay_s": "sleep per call (0)"},
+    )
+    param_spec = (
+        Param("threshold", 0.5, "pixels above it are foreground"),
+        Param("delay_s", 0.0, "seconds to sleep per call", min=0),
     )
 
-    def load(self, threshold: float = 0.5, delay_s: float = 0.0) -> None:
+    def load(self, **params: Any) -> None:
+        super().load(**params)
         import scipy.ndimage
 
         self.ndimage = scipy.ndimage
-        self.threshold = float(threshold)
-        self.delay_s = float(delay_s)
 
     def process(self, payload: dict[str, Any], **params: Any) -> dict[str, Any]:
-        time.sleep(self.delay_s)
+        p = self.merge_params(params, self.params)
+        time.sleep(p["delay_s"])
         image = np.asarray(payload["image"])
         structure = np.ones((3,) * image.ndim, bool)
-        labels, _ = self.ndimage.label(image > self.threshold, structure=structure)
+        labels, _ = self.ndimage.label(image > p["threshold"], structure=structure)
         return {"labels": labels.astype(np.uint32)}
 
 
@@ -62,7 +66,7 @@ class Overlap(Model):
                 y, x = np.nonzero(frame == value)
                 ts.append(t), values.append(value), ys.append(y.mean()), xs.append(x.mean())
         t_arr, label_arr = np.array(ts, np.int64), np.array(values, np.int64)
-        ids = t_arr * 2**32 + label_arr
+        ids = t_arr * NODE_ID_STRIDE + label_arr
         sources, targets = [], []
         for t in range(1, labels.shape[0]):
             prev, cur = labels[t - 1], labels[t]
@@ -71,7 +75,7 @@ class Overlap(Model):
                 under = under[under > 0]
                 if under.size:
                     parent = np.bincount(under).argmax()
-                    sources.append((t - 1) * 2**32 + parent), targets.append(t * 2**32 + value)
+                    sources.append((t - 1) * NODE_ID_STRIDE + parent), targets.append(t * NODE_ID_STRIDE + value)
         nodes = {"id": ids, "t": t_arr, "label": label_arr, "y": np.array(ys), "x": np.array(xs)}
         return {"nodes": nodes, "edges": {"source": np.array(sources, np.int64), "target": np.array(targets, np.int64)}}
 

@@ -61,11 +61,11 @@ def test_a_missing_envs_folder_is_a_clear_error(tmp_path, monkeypatch):
 def test_config_overrides_win_and_unknown_models_name_the_catalog():
     assert default_env("threshold", {"threshold": "venv:/opt/seg"}) == "venv:/opt/seg"
     assert default_env("cellpose", {"cellpose": "uv:envs/cellpose"}) == "uv:envs/cellpose"
-    with pytest.raises(ConfigError, match=r"no default environment for model 'cellpose'.*'threshold'"):
-        default_env("cellpose")
+    with pytest.raises(ConfigError, match=r"no default environment for model 'stardist'.*'threshold'"):
+        default_env("stardist")
 
 
-@pytest.mark.parametrize("model", ["threshold", "laptrack", "regionprops"])
+@pytest.mark.parametrize("model", ["threshold", "laptrack", "regionprops", "trackastra", "cellpose", "cellpose-sam"])
 def test_each_environment_lock_matches_its_pyproject_and_nahuals(model):
     """The locks record nahual's own requirements: re-lock after editing the top-level pyproject.toml."""
     uv = shutil.which("uv")

@@ -1,10 +1,12 @@
-"""The client against real server processes: calls, pipelining, timeouts, dead servers, seed style."""
+"""The client: against real server processes (calls, pipelining, timeouts, dead servers, seed style), and the
+limits of every blocking call through an in-process transport."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,7 +14,12 @@ from conftest import Served
 
 import nahual
 from nahual import Timeout
-from nahual.errors import NahualError, RemoteError, TransportError
+from nahual import _protocol as protocol
+from nahual._state import State
+from nahual._transport import PLAIN, Codec
+from nahual.client import USE_CLIENT_DEFAULT, InProcessTransport, NngTransport
+from nahual.errors import ConfigError, RemoteError, StateError, TransportError
+from nahual.server import RequestHandler
 
 COUNTER = "models_for_tests:Counter"
 
@@ -55,7 +62,7 @@ def test_map_spreads_over_replicas_in_order(echo_server: Served) -> None:
 
 @pytest.mark.parametrize("inflight", [0, 65])
 def test_map_refuses_bad_inflight(echo_server: Served, inflight: int) -> None:
-    with nahual.Client(echo_server.address, timeout=10) as client, pytest.raises(ValueError, match="inflight"):
+    with nahual.Client(echo_server.address, timeout=10) as client, pytest.raises(ConfigError, match="inflight"):
         list(client.load("echo").map([1], inflight=inflight))
 
 
@@ -110,7 +117,7 @@ def test_server_dying_mid_request_gives_an_error(echo_server: Served) -> None:
         future = echo.submit({}, delay_s=30)
         echo_server.check_clean = False
         echo_server.process.kill()
-        with pytest.raises(TransportError):  # a timeout: nng cannot tell a dead peer from a slow one
+        with pytest.raises(TransportError):  # the lost connection (test_liveness.py), or a timeout if sent after
             future.result(timeout=15)
 
 
@@ -150,10 +157,13 @@ def test_lifecycle_close_is_idempotent_and_reopen_raises(echo_server: Served) ->
     client.close()
     client.close()
     assert "closed" in repr(client)
-    with pytest.raises(NahualError, match="closed"):
+    with pytest.raises(StateError, match="closed"):
         client.open()
-    with pytest.raises(NahualError, match="closed"):
+    with pytest.raises(StateError, match="closed"):
         client.ping()
+    with pytest.raises(StateError, match="closed"):
+        client.submit("ping")
+    assert isinstance(client.transport, NngTransport) and client.transport.state is State.CLOSED
 
 
 def test_shutdown_stops_the_server_process(echo_server: Served) -> None:
@@ -182,3 +192,92 @@ def test_seed_call_style(echo_server: Served) -> None:
     np.testing.assert_array_equal(process_data(image, address=echo_server.address), image)
     with nahual.Client(echo_server.address, timeout=10) as client:
         assert [i["id"] for i in client.info()["instances"]] == [described["instance"]]  # no second load
+
+
+# -- every blocking call takes timeout= (in-process: the limits, not the socket, are under test) ------
+
+
+class SlowHandler:
+    """A request handler that waits ``delay`` seconds before each answer."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.inner = RequestHandler(allow_module_models=True)
+        self.gate = threading.Event()
+
+    def handle(self, buffer: Any, codec: Codec = PLAIN) -> protocol.MessagePlan:
+        self.gate.wait(self.delay)
+        return self.inner.handle(buffer, codec)
+
+
+@pytest.fixture
+def slow() -> Iterator[tuple[nahual.Client, SlowHandler]]:
+    handler = SlowHandler(0.0)
+    with nahual.Client(transport=InProcessTransport(handler), timeout=Timeout(connect=None, request=30)) as client:
+        yield client, handler
+    handler.gate.set()
+    handler.inner.close()
+
+
+CALLS: dict[str, Callable[[nahual.Client, nahual.ModelHandle, Any], Any]] = {
+    "ping": lambda client, echo, limit: client.ping(timeout=limit),
+    "info": lambda client, echo, limit: client.info(timeout=limit),
+    "load": lambda client, echo, limit: client.load("echo", replica=1, timeout=limit),
+    "request": lambda client, echo, limit: client.request("ping", timeout=limit),
+    "submit": lambda client, echo, limit: client.submit("ping", timeout=limit).result(),
+    "call": lambda client, echo, limit: echo({"a": 1}, timeout=limit),
+    "handle-submit": lambda client, echo, limit: echo.submit({"a": 1}, timeout=limit).result(),
+    "map": lambda client, echo, limit: list(echo.map([1, 2], timeout=limit)),
+    "unload": lambda client, echo, limit: echo.unload(timeout=limit),
+    "shutdown": lambda client, echo, limit: client.shutdown(timeout=limit),
+}
+
+
+@pytest.mark.parametrize("call", list(CALLS))
+def test_each_blocking_call_takes_a_timeout(slow: tuple[nahual.Client, SlowHandler], call: str) -> None:
+    client, handler = slow
+    echo = client.load("echo")
+    handler.delay = 0.5
+    with pytest.raises(nahual.TimeoutError, match="within 0.001 s"):
+        CALLS[call](client, echo, 0.001)
+    handler.delay = 0.05
+    CALLS[call](client, echo, None)  # None: no limit
+
+
+def test_calls_without_timeout_use_the_clients_request_limit() -> None:
+    handler = SlowHandler(0.5)
+    with nahual.Client(transport=InProcessTransport(handler), timeout=Timeout(connect=None, request=0.01)) as client:
+        with pytest.raises(nahual.TimeoutError, match="within 0.01 s"):
+            client.ping()
+        with pytest.raises(nahual.TimeoutError, match="within 0.01 s"):
+            client.ping(timeout=USE_CLIENT_DEFAULT)
+        assert client.ping(timeout=5) > 0
+    handler.gate.set()
+    assert repr(USE_CLIENT_DEFAULT) == "USE_CLIENT_DEFAULT"
+
+
+@pytest.mark.parametrize("limit", [0, -1, "5", True])
+def test_bad_per_call_timeouts_are_config_errors(slow: tuple[nahual.Client, SlowHandler], limit: Any) -> None:
+    client, _ = slow
+    with pytest.raises(ConfigError, match="timeout must be a positive number"):
+        client.ping(timeout=limit)
+    with pytest.raises(ConfigError, match="timeout must be a positive number"):
+        client.submit("ping", timeout=limit)
+
+
+def test_timeout_is_never_a_model_param(slow: tuple[nahual.Client, SlowHandler], tmp_path: Path) -> None:
+    client, _ = slow
+    log = tmp_path / "calls"
+    counter = client.load(COUNTER, log=str(log))
+    assert counter({"x": 1}, timeout=5, delay_s=0)["payload"] == {"x": 1}  # Counter.process has no timeout param
+
+
+def test_a_client_needs_an_address_or_a_transport() -> None:
+    transport = InProcessTransport(RequestHandler())
+    with pytest.raises(ConfigError, match="got both"):
+        nahual.Client("ipc://nowhere.sock", transport=transport)
+    with pytest.raises(ConfigError, match="got neither"):
+        nahual.Client()
+    with nahual.Client(transport=transport) as client:
+        assert client.address == "local" and client.transport is transport
+    assert transport.state is State.CLOSED  # the client owns its transport

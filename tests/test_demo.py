@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from nahual.demo import DEFAULT_SIZE, DemoSize, make_demo
+from nahual.errors import ConfigError
 
 SMALL = DemoSize(frames=10, height=160, width=160, nuclei=10, radius=8.0)
 
@@ -102,9 +103,9 @@ def test_lineage_graph_links_consecutive_frames_and_mothers_to_two_daughters(sce
 
 
 def test_a_scene_too_small_for_its_nuclei_or_empty_is_refused():
-    with pytest.raises(ValueError, match="too small"):
+    with pytest.raises(ConfigError, match="too small"):
         make_demo(dataclasses.replace(SMALL, height=20), seed=0)
-    with pytest.raises(ValueError, match="at least one frame and one nucleus"):
+    with pytest.raises(ConfigError, match="at least one frame and one nucleus"):
         make_demo(dataclasses.replace(SMALL, nuclei=0), seed=0)
 
 

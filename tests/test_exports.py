@@ -8,12 +8,14 @@ import pytest
 
 import nahual
 from nahual import errors
-from nahual._config import DEFAULT_TIMEOUT, Timeout, parse_timeout
+from nahual._config import DEFAULT_TIMEOUT, USE_CLIENT_DEFAULT, Timeout, parse_timeout
+from nahual.errors import ConfigError
 
 PUBLIC = {
-    "AuthError", "Client", "ConfigError", "Contract", "ContractError", "LaunchError", "Model", "ModelHandle",
-    "NahualError", "ProtocolError", "RemoteError", "Server", "ServerProcess", "Timeout", "TimeoutError",
-    "TransportError", "__version__", "launch",
+    "AuthError", "BlockError", "Client", "ConfigError", "Contract", "ContractError", "InstanceError", "LaunchError",
+    "Model", "ModelHandle", "NahualError", "Param", "ParamError", "PayloadError", "ProtocolError", "RemoteError",
+    "Server", "ServerProcess", "StateError", "Timeout", "TimeoutError", "TransportError", "WeightsError",
+    "__version__", "launch",
 }  # fmt: skip
 
 
@@ -33,9 +35,16 @@ def test_public_names_are_documented() -> None:
 def test_submodules_declare_all() -> None:
     import nahual.client
     import nahual.client.echo
+    import nahual.server
 
     assert set(errors.__all__) == {name for name in PUBLIC if name.endswith("Error")}
-    assert set(nahual.client.__all__) == {"Client", "ModelHandle"}
+    assert set(nahual.client.__all__) == {
+        "Client", "InProcessTransport", "ModelHandle", "NngTransport", "Transport", "USE_CLIENT_DEFAULT",
+    }  # fmt: skip
+    assert set(nahual.server.__all__) == {"RequestHandler", "Server", "package_versions"}
+    assert nahual.Server is nahual.server.Server
+    for name in nahual.client.__all__ + nahual.server.__all__:
+        assert getattr(nahual.client, name, None) or getattr(nahual.server, name), name
     assert set(nahual.client.echo.__all__) == {"load_model", "process_data"}
 
 
@@ -79,7 +88,7 @@ def test_parse_timeout(value: object, expected: Timeout) -> None:
     assert parse_timeout(value) == expected
 
 
-@pytest.mark.parametrize("value", [0, -1, True, "5", [5]])
+@pytest.mark.parametrize("value", [0, -1, True, "5", [5], USE_CLIENT_DEFAULT])
 def test_parse_timeout_refuses_nonsense(value: object) -> None:
-    with pytest.raises(ValueError, match="timeout"):
+    with pytest.raises(ConfigError, match="timeout must be a positive number"):
         parse_timeout(value)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterator
 
 import numpy as np
 import pynng
@@ -16,6 +17,7 @@ import nahual
 from nahual import _protocol as protocol
 from nahual._protocol import ENVELOPE, MAGIC, VERSION, Kind
 from nahual.errors import ProtocolError
+from nahual.server import RequestHandler
 
 MESSAGES = 3000
 
@@ -96,14 +98,15 @@ def test_thousands_of_hostile_messages_to_a_live_server(echo_server: Served) -> 
 
 
 @pytest.fixture(scope="module")
-def local_server() -> nahual.Server:
-    server = nahual.Server("inproc://fuzz")  # never started: handle() needs no socket
-    server.load("echo")
-    return server
+def handler() -> Iterator[RequestHandler]:
+    made = RequestHandler()  # no socket: the handler alone
+    made.load("echo")
+    yield made
+    made.close()
 
 
-def answer(server: nahual.Server, message: bytes) -> int:
-    plan = server.handle(message)
+def answer(handler: RequestHandler, message: bytes) -> int:
+    plan = handler.handle(message)
     buffer = bytearray(plan.nbytes)
     plan.write_into(buffer)
     return check_reply(message, bytes(buffer))
@@ -111,13 +114,13 @@ def answer(server: nahual.Server, message: bytes) -> int:
 
 @settings(max_examples=500, deadline=None)
 @given(st.binary(max_size=500))
-def test_handle_answers_any_bytes_with_an_error(local_server: nahual.Server, data: bytes) -> None:
-    assert answer(local_server, data) == Kind.ERROR
-    assert answer(local_server, MAGIC + bytes([VERSION, 0, Kind.REQUEST]) + data) == Kind.ERROR
+def test_handle_answers_any_bytes_with_an_error(handler: RequestHandler, data: bytes) -> None:
+    assert answer(handler, data) == Kind.ERROR
+    assert answer(handler, MAGIC + bytes([VERSION, 0, Kind.REQUEST]) + data) == Kind.ERROR
 
 
 @settings(max_examples=500, deadline=None)
 @given(st.randoms(use_true_random=False), st.integers(0, 3))
-def test_handle_answers_mutated_requests(local_server: nahual.Server, rng: random.Random, which: int) -> None:
-    instance = next(iter(local_server._instances))
-    answer(local_server, mutate(rng, seeds(instance)[which]))
+def test_handle_answers_mutated_requests(handler: RequestHandler, rng: random.Random, which: int) -> None:
+    instance = handler.load("echo")["instance"]  # the fixture's instance: same model and params
+    answer(handler, mutate(rng, seeds(instance)[which]))

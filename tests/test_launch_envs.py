@@ -173,6 +173,65 @@ def test_a_broken_flake_is_a_launch_error(runtime: Path, offline_nix: Path) -> N
 
 
 @needs_uv
+def test_envs_probes_what_it_can_without_side_effects(tmp_path: Path) -> None:
+    project = tmp_path / "fresh"
+    project.mkdir()
+    (project / "pyproject.toml").write_text('[project]\nname = "fresh"\nversion = "0"\n')
+    ok, why = parse_env_spec(f"uv:{project}").check()
+    assert ok and why.endswith(f"not synced yet (the first start or `nahual env-prepare uv:{project}` runs uv sync)")
+    assert not (project / ".venv").exists()  # checking did not sync
+    UvEnv(str(ENVS / "numpy1")).prepare()  # a no-op once synced
+    ok, why = parse_env_spec(f"uv:{ENVS / 'numpy1'}").check()
+    assert ok and why.endswith(f"{ENVS / 'numpy1' / '.venv' / 'bin' / 'python'} imports nahual from {ROOT / 'nahual'}")
+    expected = f"sh at {shutil.which('sh')} (the prefix is not run by this check)"
+    assert parse_env_spec("cmd:sh -c 'exit 1'").check() == (True, expected)
+
+
+@needs_nix
+def test_env_prepare_shows_the_cause_of_a_nix_failure(
+    runtime: Path, offline_nix: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from nahual.cli import main
+
+    shutil.copyfile(ROOT / "tests" / "flakes" / "broken" / "flake.nix", offline_nix / "flake.nix")
+    assert main(["env-prepare", f"nix:path:{offline_nix}#default"]) == 1
+    first, command, *details = capsys.readouterr().err.splitlines()
+    assert first.startswith("nahual env-prepare: error: building nix:path:")
+    assert first.endswith("#default failed (exit 1): attribute 'pythonPath' missing")
+    assert command.startswith("command: nix ") and "develop" in command
+    assert details[0] == "error: attribute 'pythonPath' missing"
+    assert any("flake.nix:" in line for line in details)  # where, from Nix itself
+    assert not any("--show-trace" in line for line in details)
+
+
+@needs_nix
+def test_envs_checks_that_a_nix_shell_exists_evaluates_and_imports_nahual(
+    runtime: Path, offline_nix: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from nahual.cli import main
+
+    broken = tmp_path / "broken"
+    shutil.copytree(ROOT / "tests" / "flakes" / "broken", broken)
+    good, missing, bad = f"nix:path:{offline_nix}#default", f"nix:path:{offline_nix}#nope", f"nix:path:{broken}"
+    assert main(["envs", good]) == 0
+    assert main(["envs", good, missing, bad]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"{good}  yes  nix at ")
+    assert lines[0].endswith(f"imports nahual from {ROOT / 'nahual'}")
+    assert lines[1] == lines[0] and lines[2].startswith(f"{missing}  no  ")
+    assert "does not provide attribute 'devShells.x86_64-linux.nope'" in lines[2]
+    assert lines[3].startswith(f"{bad}  no  ") and lines[3].endswith("attribute 'pythonPath' missing (exit 1)")
+    # A shell whose Python has no nahual: isolated (-I -S) from this checkout and its site-packages.
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "python").write_text(f'#!/bin/sh\nexec {sys.executable} -I -S "$@"\n')
+    (bare / "python").chmod(0o755)
+    monkeypatch.setenv("NAHUAL_TEST_PYTHON_BIN", str(bare))
+    assert main(["envs", good]) == 1
+    assert capsys.readouterr().out.strip().endswith("ModuleNotFoundError: No module named 'nahual' (exit 1)")
+
+
+@needs_uv
 def test_env_prepare_prints_the_interpreter(capsys: pytest.CaptureFixture[str]) -> None:
     from nahual.cli import main
 

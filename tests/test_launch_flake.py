@@ -13,6 +13,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -87,7 +88,9 @@ def test_every_env_folder_is_a_shell_and_cuda_is_opt_in(tmp_path: Path, offline:
     for name in shipped:
         hook = shells[name]["shellHook"]
         assert f'nahual_project="$nahual_root/envs/{name}"' in hook and "uv sync" in hook
-        assert "/run/opengl-driver/lib" not in hook
+        # the torch environments (cellpose, trackastra) declare cuda = true
+        cuda = tomllib.loads(shipped[name]).get("tool", {}).get("nahual", {}).get("cuda", False)
+        assert ("/run/opengl-driver/lib" in hook) == cuda, name
     assert "/run/opengl-driver/lib" in shells["gpu"]["shellHook"]
 
 

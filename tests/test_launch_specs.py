@@ -139,6 +139,7 @@ def test_params_without_a_model_are_refused() -> None:
     with pytest.raises(ConfigError, match="params need a model to preload"):
         serve_args("ipc://x", params={"sigma": 1})
     assert serve_args("ipc://x", None, "echo", {"delay_s": 0}, parent=7) == [
+        "-P",
         "-m",
         "nahual",
         "serve",

@@ -1,52 +1,18 @@
-"""Tests of the ``laptrack`` model, in process: CTC measures on demo data, gaps, windows, errors."""
+"""Tests of the ``laptrack`` model, in process: CTC measures on demo data, gaps, pixel limits, windows, errors."""
 
 from __future__ import annotations
 
 import dataclasses
-import warnings
 
 import numpy as np
 import pytest
+from synthetic_tracks import ctc_scores
 
 from nahual.demo import DEFAULT_SIZE, make_demo
 from nahual.errors import ContractError
+from nahual.lineage import NODE_ID_STRIDE
 from nahual.models.laptrack import LapTrack
-
-
-def tracking_graph(nodes: dict, edges: dict, masks: np.ndarray):
-    """A traccuracy graph from nahual's node/edge tables and the masks they label."""
-    import networkx as nx
-    from traccuracy import TrackingGraph
-
-    graph = nx.DiGraph()
-    for i, node in enumerate(nodes["id"].tolist()):
-        graph.add_node(
-            node,
-            t=int(nodes["t"][i]),
-            segmentation_id=int(nodes["label"][i]),
-            y=float(nodes["y"][i]),
-            x=float(nodes["x"][i]),
-        )
-    graph.add_edges_from(zip(edges["source"].tolist(), edges["target"].tolist()))
-    return TrackingGraph(graph, segmentation=masks, location_keys=("y", "x"))
-
-
-def ctc_scores(truth, result: dict, masks: np.ndarray) -> tuple[float, float]:
-    """(TRA, division F1) of a result against the demo ground truth, by traccuracy."""
-    from traccuracy import run_metrics
-    from traccuracy.matchers import CTCMatcher
-    from traccuracy.metrics import CTCMetrics, DivisionMetrics
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        results, _ = run_metrics(
-            tracking_graph(truth.nodes, truth.edges, masks),
-            tracking_graph(result["nodes"], result["edges"], masks),
-            CTCMatcher(),
-            [CTCMetrics(), DivisionMetrics()],
-        )
-    named = {r["metric"]["name"]: r["results"] for r in results}
-    return named["CTCMetrics"]["TRA"], named["DivisionMetrics"]["Frame Buffer 0"]["Division F1"]
+from nahual.testing import ModelTests
 
 
 @pytest.fixture(scope="module")
@@ -105,13 +71,13 @@ def test_a_gap_is_closed_into_a_new_track_whose_parent_is_the_old_one(model):
     )
 
 
-def test_max_distance_limits_links(model):
-    labels = moving_squares(3, [(1, 30, 10, 12)])
-    assert len(model.process({"labels": labels, "axes": "tyx"})["edges"]["source"]) == 2
-    assert (
-        len(model.process({"labels": labels, "axes": "tyx"}, max_distance=8, gap_max_distance=8)["edges"]["source"])
-        == 0
-    )
+def test_max_distance_in_pixels_overrides_the_scale_of_the_objects(model):
+    labels = moving_squares(3, [(1, 30, 10, 12)])  # 5 x 5 squares (5.6 px across) moving 12 px a frame
+
+    def links(**params: float) -> int:
+        return len(model.process({"labels": labels, "axes": "tyx"}, **params)["edges"]["source"])
+
+    assert links() == 0 and links(max_distance=15) == 2 and links(max_distance=8, gap_max_distance=8) == 0
 
 
 def test_windows_with_t0_share_node_ids_with_the_whole_series(model):
@@ -139,20 +105,18 @@ def test_an_empty_series_gives_empty_tables(model):
     assert len(out["nodes"]["id"]) == 0 and len(out["edges"]["source"]) == 0 and len(out["tracks"]["track_id"]) == 0
 
 
-@pytest.mark.parametrize(
-    ("payload", "message"),
-    [
-        ({"labels": np.zeros((3, 8, 8), np.uint32), "axes": "cyx"}, "expects axes tyx or tzyx"),
-        ({"labels": np.zeros((3, 8, 8), np.float32), "axes": "tyx"}, "integer label array, got float32"),
-        ({"labels": np.zeros((8, 8), np.uint32), "axes": "tyx"}, "3-d integer"),
-        ({"image": np.zeros((3, 8, 8))}, "payload keys labels and axes"),
-    ],
-)
-def test_wrong_input_names_what_was_expected(model, payload, message):
-    with pytest.raises(ContractError, match=message):
-        model.process(payload)
+class TestLapTrack(ModelTests):
+    model_class = LapTrack
+
+    def make_payload(self) -> dict:
+        return {"labels": moving_squares(3, [(1, 20, 10, 2), (2, 45, 10, 3)]), "axes": "tyx"}
 
 
-def test_unknown_params_are_rejected():
-    with pytest.raises(TypeError, match="cutoff"):
-        LapTrack().load(cutoff=3)
+def test_a_float_label_series_is_refused(model):
+    with pytest.raises(ContractError, match="integer label array, got float32"):
+        model.process({"labels": np.zeros((3, 8, 8), np.float32), "axes": "tyx"})
+
+
+def test_node_ids_follow_the_lineage_format(model):
+    out = model.process({"labels": moving_squares(2, [(7, 20, 10, 2)]), "axes": "tyx"})
+    assert out["nodes"]["id"].tolist() == [7, NODE_ID_STRIDE + 7]

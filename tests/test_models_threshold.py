@@ -7,8 +7,9 @@ import pytest
 from conftest import object_f1
 
 from nahual.demo import make_demo
-from nahual.errors import ContractError
+from nahual.errors import ContractError, ParamError
 from nahual.models.threshold import Threshold
+from nahual.testing import ModelTests
 
 
 def disks(shape: tuple[int, ...], centres: list[tuple[int, ...]], radius: float) -> np.ndarray:
@@ -112,45 +113,26 @@ def test_with_a_fixed_threshold_a_tile_with_the_declared_halo_reproduces_whole_f
     assert checked >= 3
 
 
-@pytest.mark.parametrize(
-    ("payload", "message"),
-    [
-        ({"image": np.zeros((2, 8, 8, 8, 8)), "axes": "tczyx"}, "expects axes cyx or czyx or yx or zyx"),
-        ({"image": np.zeros((8, 8, 8)), "axes": "cyx", "extra": 1}, None),
-        ({"image": np.zeros((8, 8)), "axes": "cyx"}, "need a 3-d image"),
-        ({"image": np.zeros((3, 8, 8))}, "needs payload 'axes'"),
-        ({"labels": np.zeros((8, 8))}, "payload keys image and axes"),
-    ],
-)
-def test_wrong_input_names_what_was_expected(model, payload, message):
-    if message is None:
-        assert model.process(payload)["labels"].shape == (8, 8)
-        return
-    with pytest.raises(ContractError, match=message):
-        model.process(payload)
+class TestThreshold(ModelTests):
+    model_class = Threshold
+
+    def make_payload(self) -> dict:
+        return {"image": disks((2, 48, 48), [(20, 20)], 8), "axes": "cyx"}
 
 
-def test_unknown_params_and_methods_are_rejected():
-    with pytest.raises(TypeError, match="sigmaa"):
-        Threshold().load(sigmaa=2)
-    with pytest.raises(ValueError, match="otsu"):
+def test_an_extra_payload_key_is_ignored_and_a_lone_fitting_axis_order_is_inferred(model):
+    assert model.process({"image": np.zeros((8, 8, 8)), "axes": "cyx", "extra": 1})["labels"].shape == (8, 8)
+    assert model.process({"image": np.zeros((8, 8))})["labels"].shape == (8, 8)
+    with pytest.raises(ContractError, match="needs payload 'axes', one of cyx or zyx"):
+        model.process({"image": np.zeros((3, 8, 8))})
+
+
+def test_an_unknown_method_names_the_choices():
+    with pytest.raises(ParamError, match='threshold: param \'method\' expects one of "otsu", .*"local", got "magic"'):
         Threshold().load(method="magic")
 
 
 def test_contract_declares_what_the_model_takes():
     contract = Threshold.contract
     assert contract.output == "labels" and contract.tiling and contract.halo >= 20
-    assert set(contract.params) == {
-        "channel",
-        "sigma",
-        "background_radius",
-        "method",
-        "threshold",
-        "block_size",
-        "offset",
-        "fill_holes",
-        "min_size",
-        "max_size",
-        "split",
-        "min_distance",
-    }
+    assert contract.inputs == ("image",) and contract.dtype == "float32"

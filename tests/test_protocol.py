@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from nahual import _protocol as protocol
 from nahual._protocol import ALIGNMENT, ENVELOPE, MAGIC, VERSION, Kind, decode, encode, plan
-from nahual.errors import ProtocolError
+from nahual.errors import PayloadError, ProtocolError
 
 PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -202,7 +202,7 @@ def test_decoded_arrays_are_read_only_views_on_the_message() -> None:
 
 def test_write_into_refuses_a_buffer_of_the_wrong_size() -> None:
     message_plan = plan(Kind.REQUEST, 1, {}, np.zeros(3))
-    with pytest.raises(ValueError, match="needs"):
+    with pytest.raises(ProtocolError, match="needs"):
         message_plan.write_into(bytearray(message_plan.nbytes + 1))
 
 
@@ -244,7 +244,7 @@ def test_unsendable_values_raise_type_error(payload: object, match: str) -> None
 
 
 def test_arrays_in_meta_are_refused() -> None:
-    with pytest.raises(TypeError, match="meta"):
+    with pytest.raises(PayloadError, match="meta"):
         plan(Kind.REQUEST, 1, {"x": np.zeros(1)}, None)
 
 
@@ -252,7 +252,7 @@ def test_too_deep_payloads_are_refused() -> None:
     payload: list = []
     for _ in range(protocol.MAX_DEPTH + 5):
         payload = [payload]
-    with pytest.raises(TypeError, match="deeper"):
+    with pytest.raises(PayloadError, match="deeper"):
         encode(Kind.REQUEST, 1, {}, payload)
 
 

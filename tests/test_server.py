@@ -11,6 +11,8 @@ import itertools
 import json
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -28,7 +30,9 @@ from pynng import _nng
 import nahual
 from nahual import _protocol as protocol
 from nahual._protocol import Kind
-from nahual.errors import AuthError, ConfigError, RemoteError
+from nahual._state import State
+from nahual.errors import AuthError, ConfigError, RemoteError, StateError
+from nahual.server import _dispatch
 
 COUNTER = "models_for_tests:Counter"
 FAIL = "models_for_tests:Fail"
@@ -37,7 +41,7 @@ _ids = itertools.count(1000)
 
 @pytest.fixture
 def server() -> Iterator[nahual.Server]:
-    with nahual.Server(f"inproc://{uuid.uuid4().hex}") as running:
+    with nahual.Server(f"inproc://{uuid.uuid4().hex}", allow_module_models=True) as running:
         yield running
 
 
@@ -120,14 +124,14 @@ def test_unload_then_process_is_a_clear_error(client: nahual.Client) -> None:
     echo.unload()
     with pytest.raises(RemoteError, match="no instance") as caught:
         echo({})
-    assert caught.value.remote_type == "KeyError"
+    assert caught.value.remote_type == "InstanceError"
     assert client.info()["instances"] == []
 
 
 def test_unsendable_result_becomes_an_error_reply(client: nahual.Client) -> None:
     with pytest.raises(RemoteError, match="cannot send a set") as caught:
         client.load("models_for_tests:Unsendable")({})
-    assert caught.value.remote_type == "TypeError"
+    assert caught.value.remote_type == "PayloadError"
     assert client.ping() > 0
 
 
@@ -144,14 +148,14 @@ def test_unsendable_result_becomes_an_error_reply(client: nahual.Client) -> None
     ids=["unknown-op", "no-instance", "bad-load", "reply-kind", "http", "empty"],
 )
 def test_bad_requests_get_one_error_reply(server: nahual.Server, message: bytes, match: str) -> None:
-    frame = protocol.decode(_written(server.handle(message)))
+    frame = protocol.decode(_written(server.handler.handle(message)))
     assert frame.kind == Kind.ERROR
     assert match in frame.meta["message"]
     assert set(frame.meta) >= {"type", "message", "traceback", "op", "request_id"}
 
 
 def test_error_reply_carries_the_request_id_when_the_envelope_is_readable(server: nahual.Server) -> None:
-    frame = protocol.decode(_written(server.handle(request("dance", request_id=777))))
+    frame = protocol.decode(_written(server.handler.handle(request("dance", request_id=777))))
     assert frame.request_id == 777 and frame.meta["request_id"] == 777 and frame.meta["op"] == "dance"
 
 
@@ -160,7 +164,8 @@ def test_a_request_id_runs_once_even_when_received_twice(server: nahual.Server, 
     instance = server.load(COUNTER, {"log": str(log)})["instance"]
     message = request("process", {"data": {"n": 1}, "params": {"delay_s": 0.3}}, instance=instance)
     replies: list[protocol.Frame] = []
-    threads = [threading.Thread(target=lambda: replies.append(protocol.decode(_written(server.handle(message)))))
+    answer = server.handler.handle
+    threads = [threading.Thread(target=lambda: replies.append(protocol.decode(_written(answer(message)))))
                for _ in range(3)]  # fmt: skip
     for thread in threads:
         thread.start()
@@ -169,7 +174,7 @@ def test_a_request_id_runs_once_even_when_received_twice(server: nahual.Server, 
     assert len(log_lines(log)) == 1
     assert [frame.kind for frame in replies] == [Kind.REPLY] * 3
     assert all(frame.payload["calls"] == 1 for frame in replies)
-    late = protocol.decode(_written(server.handle(message)))  # a resend after the answer
+    late = protocol.decode(_written(server.handler.handle(message)))  # a resend after the answer
     assert late.kind == Kind.ERROR and "already answered" in late.meta["message"]
     assert len(log_lines(log)) == 1
 
@@ -188,14 +193,43 @@ def test_nng_resends_of_a_slow_request_do_not_run_it_again(
     log = tmp_path / "calls"
     instance = server.load(COUNTER, {"log": str(log)})["instance"]
     received = []
-    handle = server.handle
-    monkeypatch.setattr(server, "handle", lambda buffer: received.append(1) or handle(buffer))
+    handle = server.handler.handle
+    monkeypatch.setattr(server.handler, "handle", lambda *args, **kw: received.append(1) or handle(*args, **kw))
     with fast_resending_req(server.address) as sock:
         sock.send(request("process", {"data": "slow", "params": {"delay_s": 1.2}}, instance=instance))
         reply = protocol.decode(sock.recv())
     assert reply.kind == Kind.REPLY and reply.payload["calls"] == 1
     assert len(received) > 1, "nng did not resend: the test proves nothing"
     assert len(log_lines(log)) == 1
+
+
+def test_past_max_held_model_requests_are_refused_and_control_requests_still_answered(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(_dispatch, "MAX_HELD", 1)
+    log = tmp_path / "calls"
+    with nahual.Server(f"inproc://{uuid.uuid4().hex}", workers=1, allow_module_models=True) as server:
+        with nahual.Client(server.address, timeout=10) as client:
+            counter = client.load(COUNTER, log=str(log))
+            held = counter.submit({}, delay_s=0.5)
+            wait_until(lambda: len(log_lines(log)) == 1, what="the held request to run")
+            with pytest.raises(RemoteError, match="holds 1 model requests already") as caught:
+                counter({})
+            assert caught.value.remote_type == "StateError" and caught.value.operation == "process"
+            assert client.ping() > 0 and client.info()["instances"]
+            assert held.result(timeout=10)["calls"] == 1
+            wait_until(lambda: _answered(counter), what="room for a model request again")  # once its worker is back
+    assert len(log_lines(log)) == 2
+
+
+def _answered(handle: nahual.ModelHandle) -> bool:
+    """Whether a process request was run (False when the server refused it as full)."""
+    try:
+        handle({})
+    except RemoteError as exc:
+        assert exc.remote_type == "StateError", exc
+        return False
+    return True
 
 
 def test_shutdown_request_stops_the_server(server: nahual.Server, client: nahual.Client) -> None:
@@ -223,15 +257,81 @@ def test_token_is_required_and_checked(server: nahual.Server) -> None:
             assert client.ping() > 0
 
 
-@pytest.mark.parametrize("address", ["tcp://0.0.0.0:5999", "tcp://192.168.0.1:5999", "tcp://*:5999"])
-def test_listening_beyond_loopback_needs_a_token(address: str) -> None:
-    with pytest.raises(ConfigError, match="requires --token"):
+@pytest.mark.parametrize(
+    "address",
+    ["tcp://127.0.0.1:5999", "tcp://[::1]:5999", "tcp://0.0.0.0:5999", "tcp://192.168.0.1:5999", "tcp://*:5999"],
+)
+def test_tcp_needs_a_token_even_on_loopback(address: str) -> None:
+    with pytest.raises(ConfigError, match="requires a token .*ipc is the transport without one"):
         nahual.Server(address)
 
 
 def test_workers_must_be_positive() -> None:
     with pytest.raises(ConfigError, match="workers"):
         nahual.Server("inproc://w", workers=0)
+    with pytest.raises(ConfigError, match="send_timeout must be a positive number"):
+        nahual.Server("inproc://w", send_timeout=0)
+
+
+def test_a_server_starts_once(short_dir: Path) -> None:
+    server = nahual.Server(f"ipc://{short_dir / 'once.sock'}")
+    assert "unopened" in repr(server)
+    with pytest.raises(StateError, match="start"):
+        server.serve()
+    with server:
+        with pytest.raises(StateError, match="is open; a server starts once"):
+            server.start()
+        with nahual.Client(server.address, timeout=5) as client:
+            assert client.ping() > 0
+    server.close()  # idempotent
+    assert server.state is State.CLOSED and not (short_dir / "once.sock").exists()
+    with pytest.raises(StateError, match="is closed; a server starts once"):
+        server.start()
+    assert not (short_dir / "once.sock").exists()  # nothing was bound again
+
+
+def test_closing_a_server_that_never_started_leaves_the_address_alone(short_dir: Path) -> None:
+    with nahual.Server(f"ipc://{short_dir / 'busy.sock'}") as running:
+        idle = nahual.Server(running.address)
+        idle.load("echo")
+        idle.close()  # unloads, but must not unlink the running server's socket file
+        assert idle.handler.info()["instances"] == []
+        with nahual.Client(running.address, timeout=5) as client:
+            assert client.ping() > 0
+
+
+def raw_requests(address: str, messages: list[bytes]) -> socket.socket:
+    """Send requests over a raw SP (nng's wire) tcp connection that never reads its replies."""
+    host, port = address[len("tcp://") :].rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock.sendall(b"\x00SP\x00" + struct.pack(">H", 0x30) + b"\x00\x00")  # SP header of a Req0 peer
+    assert sock.recv(8)[:4] == b"\x00SP\x00"
+    for index, message in enumerate(messages):
+        body = struct.pack(">I", 0x8000_0000 | index + 1) + message  # Req0's request id, then the message
+        sock.sendall(struct.pack(">Q", len(body)) + body)
+    return sock
+
+
+@pytest.mark.parametrize("send_timeout", [0.05, None], ids=["tiny", "forever"])
+def test_a_reply_that_cannot_be_sent_frees_its_worker_after_the_send_timeout(send_timeout: float | None) -> None:
+    """A client that stops reading fills the pipe: the next reply waits at most ``send_timeout``."""
+    address = f"tcp://127.0.0.1:{free_tcp_port()}"
+    with nahual.Server(address, token="s3cret", workers=1, send_timeout=send_timeout) as server:
+        loaded = server.load("echo")
+        instance = loaded["instance"]
+        big = {"data": np.zeros(16 << 20, np.uint8), "params": {}}  # more than the kernel buffers
+        stuck = raw_requests(address, [request("process", big, instance=instance, token="s3cret") for _ in range(3)])
+        try:
+            with nahual.Client(address, timeout=nahual.Timeout(connect=5, request=1.0), token="s3cret") as client:
+                assert client.ping() > 0  # control requests never wait for a worker
+                echo = nahual.ModelHandle(client, loaded)
+                if send_timeout is None:  # the control: the only worker waits forever
+                    with pytest.raises(nahual.TimeoutError):
+                        echo("x")
+                else:
+                    assert echo("x") == "x"
+        finally:
+            stuck.close()
 
 
 # -- real server processes -----------------------------------------------------------------------

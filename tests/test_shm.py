@@ -19,9 +19,10 @@ from conftest import Served, free_tcp_port, wait_until
 
 import nahual
 from nahual import _shm
+from nahual._nng import ReplySocket
 from nahual._protocol import ENVELOPE, MAGIC, VERSION, Kind, decode, encode, plan
-from nahual._shm import HEADER, Segment, SegmentCache, SegmentWriter
-from nahual._transport import ReplySocket
+from nahual._shm import HEADER, Segment, SegmentWriter
+from nahual._shm_maps import SegmentCache
 from nahual.errors import ProtocolError, RemoteError
 
 pytestmark = pytest.mark.skipif(not _shm.shm_available(), reason="no writable /dev/shm")
@@ -231,6 +232,38 @@ def test_reader_sees_a_grown_segment(writer: SegmentWriter) -> None:
     cache.close()
 
 
+def mapped_deleted(name: str) -> bool:
+    """Whether this process still maps segment ``name`` after its file was unlinked."""
+    return any(name in line and line.endswith("(deleted)") for line in Path("/proc/self/maps").read_text().splitlines())
+
+
+def test_maps_of_a_gone_peer_or_unused_for_long_are_dropped(writer: SegmentWriter) -> None:
+    cache = SegmentCache(copy_out=False)
+    reader = cache.reader()
+    names = []
+    for _ in range(2):
+        placed = writer.place([MiB])
+        reader.view(placed.name, HEADER, MiB)
+        names.append(placed.name)
+    del placed  # the writer's own map of it
+    reader.release()
+    writer.close()  # the peer unlinks its segments: our maps still pin them
+    assert all(mapped_deleted(name) for name in names)
+    assert cache.drop_peer(os.getpid() + 1) == 0  # another process's: nothing to drop
+    assert cache.drop_idle(60.0) == 0  # used just now
+    assert cache.drop_peer(os.getpid()) == 2
+    assert not any(mapped_deleted(name) for name in names)
+    again = SegmentWriter()
+    try:
+        placed = again.place([MiB])
+        reader.view(placed.name, HEADER, MiB)
+        reader.release()
+        assert cache.drop_idle(0.0) == 1  # the idle timer's rule, with no wait
+    finally:
+        again.close()
+        cache.close()
+
+
 def test_one_shot_segment_is_unlinked_by_its_reader_and_serves_every_array(
     writer: SegmentWriter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -320,7 +353,7 @@ def test_live_servers_refuse_hostile_segments_over_ipc_and_any_segment_over_tcp(
         ipc = serve()
         for spec in hostile_specs(segment.name, segment.size):
             assert ask(ipc.address, crafted(spec))["type"] == "ProtocolError", spec
-        tcp = serve(address=f"tcp://127.0.0.1:{free_tcp_port()}")
+        tcp = serve(address=f"tcp://127.0.0.1:{free_tcp_port()}", env={"NAHUAL_TOKEN": "s3cret"})  # decoded first
         valid = {"dtype": "|u1", "shape": [4], "nbytes": 4, "offset": HEADER, "segment": segment.name}
         assert "only accepted over ipc" in ask(tcp.address, crafted(valid))["message"]
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import re
@@ -32,6 +33,9 @@ def image(tmp_path):
     labels[:, 40:50, 30:45] = 2
     write_labels(path, "seg", labels, "tyx")
     return path
+
+
+MEASURE = ("--model", "stream_models:Measure", "--labels", "seg", "--channel", "0")
 
 
 def run(capsys, *argv: str) -> tuple[int, str]:
@@ -70,12 +74,12 @@ def test_embeddings_one_row_per_block(image, capsys):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--model", "stream_models:Blobs"], "choose one with --channel N"),
-        (["--model", "stream_models:Blobs", "--channel", "0", "--tile", "y=big"], "--tile takes AXIS=SIZE"),
+        (["--model", "stream_models:Blobs"], "choose one with the channel option (--channel N"),
+        (["--model", "stream_models:Blobs", "--channel", "0", "--tile", "y=big"], "tile takes AXIS=SIZE"),
         (["--model", "stream_models:Blobs", "--params", "[1]"], "--params must be a JSON object"),
-        (["--model", "stream_models:Blobs", "--channel", "0", "--shard", "3/3"], "--shard takes I/N"),
+        (["--model", "stream_models:Blobs", "--channel", "0", "--shard", "3/3"], "shard takes I/N"),
         (["--model", "stream_models:Embed", "--channel", "0", "--kind", "tracks"], "tracks need the whole series"),
-        (["--model", "models_for_tests:Counter", "--channel", "0"], "--kind must be one of"),
+        (["--model", "models_for_tests:Counter", "--channel", "0"], "kind must be one of"),
         (["--model", "no_such_module:Model"], "cannot be imported"),
     ],
 )
@@ -84,6 +88,33 @@ def test_mistakes_are_one_line_errors_before_any_output(image, capsys, argv, mes
     assert code == 1 and message in err and len(err.strip().splitlines()) == 1, err
     group = zarr.open_group(str(image), mode="r")
     assert "out" not in group.get("labels", {}) and "out" not in group.get("tables", {})
+
+
+def test_done_marker_written_after_success_and_when_complete_already(image, capsys, tmp_path):
+    done = tmp_path / "markers" / "deep" / "feat.json"
+    code, err = run(capsys, str(image), "feat", *MEASURE, "--done", str(done))
+    assert code == 0, err
+    summary = json.loads(done.read_text())
+    assert done.read_text().count("\n") == 1
+    assert summary["output"] == "feat" and summary["blocks"] == summary["processed"] == 2
+    assert summary["final"] == {"rows": 4}
+    done.unlink()
+    code, err = run(capsys, str(image), "feat", *MEASURE, "--done", str(done))
+    assert code == 0, err
+    assert json.loads(done.read_text())["processed"] == 0 and json.loads(done.read_text())["skipped"] == 2
+    assert not [p.name for p in done.parent.iterdir() if p.name != done.name]  # no temporary file left
+
+
+def test_done_marker_not_written_on_failure(image, capsys, tmp_path):
+    refused = tmp_path / "refused.json"
+    code, err = run(capsys, str(image), "out", "--model", "stream_models:Blobs", "--done", str(refused))
+    assert code == 1 and "channel option" in err and not refused.exists()
+    failed = tmp_path / "failed.json"
+    argv = ("--model", "models_for_tests:Fail", "--kind", "labels", "--channel", "0", "--done", str(failed))
+    code, err = run(capsys, str(image), "out", *argv)
+    assert code == 1 and not failed.exists(), err
+    assert re.search(r"error: block 0 \(t=0 c=0\) failed on local: .*boom$", err.strip()), err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_too_few_channels_names_both_counts(tmp_path, capsys):
@@ -127,9 +158,6 @@ def test_progress_lines_when_not_on_a_terminal():
     quiet = io.StringIO()
     Progress(1, "x", stream=quiet, enabled=False).advance()
     assert quiet.getvalue() == ""
-
-
-MEASURE = ("--model", "stream_models:Measure", "--labels", "seg", "--channel", "0")
 
 
 def test_progress_bar_on_a_terminal(image):

@@ -13,8 +13,8 @@ from stream_models import Blobs  # noqa: E402
 from test_stream_stitch import blobs, same_partition  # noqa: E402
 
 from nahual.cli import main  # noqa: E402
-from nahual.errors import ConfigError  # noqa: E402
-from nahual.stream import LocalModel, apply, write_image, write_labels  # noqa: E402
+from nahual.errors import ConfigError, ContractError  # noqa: E402
+from nahual.stream import LocalModel, StreamOptions, apply, write_image, write_labels  # noqa: E402
 from nahual.stream._pyramid import pick_level  # noqa: E402
 
 
@@ -50,8 +50,8 @@ def test_a_stitched_run_gets_the_levels_of_its_image(tmp_path):
     data = blobs((2, 300, 260), 128, seed=3)
     path = write_image(tmp_path / "img.zarr", data, "tyx", chunks=(1, 64, 64), levels=3)
     with LocalModel(Blobs) as model:
-        summary = apply(model, path, "seg", tile="y=128,x=128", halo=32, progress=False)
-        apply(model, path, "whole", tile="none", progress=False)
+        summary = apply(model, path, "seg", StreamOptions(tile="y=128,x=128", halo=32), progress=False)
+        apply(model, path, "whole", StreamOptions(tile="none"), progress=False)
     assert summary["final"]["levels"] == 3
     image = zarr.open_group(path, mode="r")
     labels = image["labels/seg"]
@@ -113,7 +113,7 @@ def test_ngff_04_labels_get_04_levels(tmp_path):
 def test_pick_level_refuses_a_destination_of_the_wrong_shape(tmp_path):
     source = zarr.create_array(store=str(tmp_path / "a.zarr"), shape=(10, 10), chunks=(5, 5), dtype="uint8")
     dest = zarr.create_array(store=str(tmp_path / "b.zarr"), shape=(4, 5), chunks=(5, 5), dtype="uint8")
-    with pytest.raises(ValueError, match=r"has shape \(5, 5\), not \(4, 5\)"):
+    with pytest.raises(ContractError, match=r"has shape \(5, 5\), not \(4, 5\)"):
         pick_level(source, (2, 2), dest)
 
 

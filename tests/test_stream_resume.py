@@ -19,7 +19,7 @@ from stream_models import Blobs  # noqa: E402
 from test_stream_stitch import blobs  # noqa: E402
 
 from nahual.errors import ConfigError  # noqa: E402
-from nahual.stream import LocalModel, apply, write_image  # noqa: E402
+from nahual.stream import LocalModel, StreamOptions, apply, write_image  # noqa: E402
 from nahual.stream._resume import RunState  # noqa: E402
 
 TILE = ["--tile", "y=64,x=64", "--halo", "16"]
@@ -58,7 +58,7 @@ def image(tmp_path):
 @pytest.fixture
 def reference(image):
     with LocalModel(Blobs, {"delay_s": 0.03}) as model:
-        apply(model, image, "reference", tile="y=64,x=64", halo=16, progress=False)
+        apply(model, image, "reference", StreamOptions(tile="y=64,x=64", halo=16), progress=False)
     return labels_of(image, "reference")
 
 
@@ -96,20 +96,20 @@ def test_sigkill_at_random_points_then_resume(image, reference):
 
 def test_resume_skips_finished_blocks(image, reference):
     with LocalModel(Blobs) as model:
-        first = apply(model, image, "seg", tile="y=64,x=64", halo=16, shard="0/2", progress=False)
+        first = apply(model, image, "seg", StreamOptions(tile="y=64,x=64", halo=16, shard="0/2"), progress=False)
         assert first["final"] is None and first["processed"] == 14
-        second = apply(model, image, "seg", tile="y=64,x=64", halo=16, progress=False)
+        second = apply(model, image, "seg", StreamOptions(tile="y=64,x=64", halo=16), progress=False)
     assert second["processed"] == 13 and second["skipped"] == 14
     assert np.array_equal(labels_of(image, "seg"), reference)
 
 
 def test_a_different_run_cannot_reuse_an_output(image):
     with LocalModel(Blobs) as model:
-        apply(model, image, "seg", tile="y=64,x=64", halo=16, shard="0/3", progress=False)
+        apply(model, image, "seg", StreamOptions(tile="y=64,x=64", halo=16, shard="0/3"), progress=False)
         with pytest.raises(ConfigError, match=r"different run \(plan differ\)"):
-            apply(model, image, "seg", tile="y=128,x=128", halo=16, progress=False)
+            apply(model, image, "seg", StreamOptions(tile="y=128,x=128", halo=16), progress=False)
     with (
         LocalModel(Blobs, {"threshold": 0.7}) as other,
         pytest.raises(ConfigError, match=r"different run \(params differ\)"),
     ):
-        apply(other, image, "seg", tile="y=64,x=64", halo=16, progress=False)
+        apply(other, image, "seg", StreamOptions(tile="y=64,x=64", halo=16), progress=False)

@@ -19,12 +19,12 @@ from test_stream_resume import labels_of  # noqa: E402
 from test_stream_stitch import blobs  # noqa: E402
 
 from nahual import Client, Timeout  # noqa: E402
-from nahual.errors import RemoteError, TransportError  # noqa: E402
-from nahual.stream import LocalModel, Worker, apply, write_image  # noqa: E402
+from nahual.errors import BlockError, RemoteError, TransportError  # noqa: E402
+from nahual.stream import LocalModel, StreamOptions, Worker, apply, write_image  # noqa: E402
 from nahual.stream._resume import RunState  # noqa: E402
 
 MODEL = "stream_models:Blobs"
-TILE = {"tile": "y=64,x=64", "halo": 16}
+TILE = StreamOptions(tile="y=64,x=64", halo=16)
 LIMITS = Timeout(connect=5.0, request=3.0, startup=30.0)
 
 
@@ -36,7 +36,7 @@ def image(tmp_path):
 @pytest.fixture
 def local_result(image):
     with LocalModel(Blobs, {"delay_s": 0.02}) as model:
-        apply(model, image, "local", progress=False, **TILE)
+        apply(model, image, "local", TILE, progress=False)
     return labels_of(image, "local")
 
 
@@ -44,7 +44,7 @@ def test_two_servers_share_the_blocks_and_match_local(serve, image, local_result
     servers = [serve(), serve()]
     with Client(servers[0].address, timeout=LIMITS) as a, Client(servers[1].address, timeout=LIMITS) as b:
         workers = [Worker(c.load(MODEL, delay_s=0.02), c.address, info=c.info()) for c in (a, b)]
-        result = apply(workers, image, "remote", inflight=4, progress=False, **TILE)
+        result = apply(workers, image, "remote", TILE.replace(inflight=4), progress=False)
     assert result["processed"] == 18
     assert all(w.used > 0 for w in workers), [w.used for w in workers]
     assert np.array_equal(labels_of(image, "remote"), local_result)
@@ -65,14 +65,15 @@ def test_a_dying_server_stops_the_run_naming_block_and_server(serve, image):
         os.kill(served.process.pid, signal.SIGKILL)
         thread.join(60)
     error = outcome["error"]
-    assert isinstance(error, TransportError), repr(error)
-    assert "block" in str(error) and served.address in str(error)
+    assert isinstance(error, BlockError) and isinstance(error.__cause__, TransportError), repr(error)
+    assert error.block.startswith("block ") and error.worker == served.address
+    assert str(error).startswith(f"{error.block} failed on {served.address}: ")
     assert 3 <= len(state.finished()) < 18  # what was finished is recorded
 
 
 def _run(handle, image):
     try:
-        apply(handle, image, "seg", progress=False, **TILE)
+        apply(handle, image, "seg", TILE, progress=False)
     except Exception as exc:
         return exc
     return None
@@ -105,7 +106,7 @@ def test_retries_reconnect_to_a_restarted_server(serve, image, local_result):
     )
     killer.start()
     try:
-        result = apply(worker, image, "seg", retries=2, progress=False, **TILE)
+        result = apply(worker, image, "seg", TILE.replace(retries=2), progress=False)
     finally:
         killer.join(30)
         for client in clients:
@@ -118,8 +119,13 @@ def test_a_model_error_names_the_block_and_server(serve, image):
     served = serve()
     with Client(served.address, timeout=LIMITS) as client:
         handle = client.load("models_for_tests:Fail")
-        with pytest.raises(RemoteError, match=rf"block 0 \(t=0 y=0:64 x=0:64\) failed on {served.address}: boom"):
-            apply(handle, image, "seg", kind="labels", progress=False, **TILE)
+        with pytest.raises(
+            BlockError, match=rf"block 0 \(t=0 y=0:64 x=0:64\) failed on {served.address}: .*boom"
+        ) as info:
+            apply(handle, image, "seg", TILE, kind="labels", progress=False)
+    error = info.value
+    assert (error.block, error.worker) == ("block 0 (t=0 y=0:64 x=0:64)", served.address)
+    assert isinstance(error.__cause__, RemoteError) and error.__cause__.remote_type.endswith("ValueError")
 
 
 @pytest.mark.slow
@@ -168,7 +174,7 @@ def test_retries_relaunch_a_server_nahual_launched(image, local_result, monkeypa
             )
         )
         killer.start()
-        result = apply(workers, image, "seg", retries=2, progress=False, **TILE)
+        result = apply(workers, image, "seg", TILE.replace(retries=2), progress=False)
         killer.join(30)
         assert remote.server.pid != first_pid  # relaunched
     assert result["processed"] == 18

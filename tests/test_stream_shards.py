@@ -16,7 +16,7 @@ from test_stream_resume import apply_command, labels_of  # noqa: E402
 from test_stream_stitch import blobs  # noqa: E402
 
 from nahual.errors import ConfigError  # noqa: E402
-from nahual.stream import LocalModel, apply, finish, write_image  # noqa: E402
+from nahual.stream import LocalModel, StreamOptions, apply, finish, write_image  # noqa: E402
 
 
 @pytest.fixture
@@ -27,14 +27,15 @@ def image(tmp_path):
 @pytest.fixture
 def single(image):
     with LocalModel(Blobs) as model:
-        apply(model, image, "single", tile="y=64,x=64", halo=16, progress=False)
+        apply(model, image, "single", StreamOptions(tile="y=64,x=64", halo=16), progress=False)
     return labels_of(image, "single")
 
 
 def test_shards_one_after_the_other(image, single):
     with LocalModel(Blobs) as model:
         results = [
-            apply(model, image, "seg", tile="y=64,x=64", halo=16, shard=f"{i}/3", progress=False) for i in range(3)
+            apply(model, image, "seg", StreamOptions(tile="y=64,x=64", halo=16, shard=f"{i}/3"), progress=False)
+            for i in range(3)
         ]
     assert [r["processed"] for r in results] == [6, 6, 6] and all(r["final"] is None for r in results)
     finish(image, "seg")
@@ -43,7 +44,7 @@ def test_shards_one_after_the_other(image, single):
 
 def test_finish_refuses_missing_shards(image):
     with LocalModel(Blobs) as model:
-        apply(model, image, "seg", tile="y=64,x=64", halo=16, shard="1/4", progress=False)
+        apply(model, image, "seg", StreamOptions(tile="y=64,x=64", halo=16, shard="1/4"), progress=False)
     with pytest.raises(ConfigError, match="13 of 18 blocks of 'seg' are not finished"):
         finish(image, "seg")
 

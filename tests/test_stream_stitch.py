@@ -10,7 +10,7 @@ ome_v05 = pytest.importorskip("ome_zarr_models.v05")
 
 from stream_models import Blobs  # noqa: E402
 
-from nahual.stream import LocalModel, apply, finish, write_image  # noqa: E402
+from nahual.stream import LocalModel, StreamOptions, apply, finish, write_image  # noqa: E402
 from nahual.stream._stitch import Relabel, UnionFind, compact_labels, overlap_pairs  # noqa: E402
 
 
@@ -49,8 +49,8 @@ def model():
 
 def test_tiled_equals_whole_image_with_corner_crossing_objects(tmp_path, model):
     path = write_image(tmp_path / "img.zarr", blobs((2, 600, 560), 256, seed=1), "tyx", chunks=(1, 128, 128))
-    tiled = apply(model, path, "tiled", tile="y=256,x=256", halo=48, progress=False)
-    whole = apply(model, path, "whole", tile="none", progress=False)
+    tiled = apply(model, path, "tiled", StreamOptions(tile="y=256,x=256", halo=48), progress=False)
+    whole = apply(model, path, "whole", StreamOptions(tile="none"), progress=False)
     assert tiled["blocks"] == 2 * 3 * 3 and whole["blocks"] == 2
     a, b = labels_of(path, "tiled"), labels_of(path, "whole")
     assert same_partition(a, b)
@@ -70,25 +70,25 @@ def test_3d_tiles_stitch_like_the_whole_volume(tmp_path, model):
     path = write_image(
         tmp_path / "vol.zarr", blobs((1, 24, 60, 60), 20, seed=2, radius=(2, 5)), "tzyx", chunks=(1, 8, 20, 20)
     )
-    apply(model, path, "tiled", tile="z=8,y=20,x=20", halo=6, progress=False)
-    apply(model, path, "whole", tile="none", progress=False)
+    apply(model, path, "tiled", StreamOptions(tile="z=8,y=20,x=20", halo=6), progress=False)
+    apply(model, path, "whole", StreamOptions(tile="none"), progress=False)
     assert same_partition(labels_of(path, "tiled"), labels_of(path, "whole"))
 
 
 def test_without_halo_objects_stay_cut(tmp_path, model):
     path = write_image(tmp_path / "img.zarr", blobs((1, 200, 200), 64, seed=3), "tyx")
-    apply(model, path, "cut", tile="y=64,x=64", halo=0, progress=False)
-    apply(model, path, "whole", tile="none", progress=False)
+    apply(model, path, "cut", StreamOptions(tile="y=64,x=64", halo=0), progress=False)
+    apply(model, path, "whole", StreamOptions(tile="none"), progress=False)
     a, b = labels_of(path, "cut"), labels_of(path, "whole")
     assert np.array_equal(a == 0, b == 0) and np.unique(a).size > np.unique(b).size
 
 
 def test_finishing_twice_changes_nothing(tmp_path, model):
     path = write_image(tmp_path / "img.zarr", blobs((1, 128, 128), 64, seed=4), "tyx")
-    first = apply(model, path, "seg", tile="y=64,x=64", halo=16, progress=False)["final"]
+    first = apply(model, path, "seg", StreamOptions(tile="y=64,x=64", halo=16), progress=False)["final"]
     before = labels_of(path, "seg")
     assert finish(path, "seg") == first
-    again = apply(model, path, "seg", tile="y=64,x=64", halo=16, progress=False)
+    again = apply(model, path, "seg", StreamOptions(tile="y=64,x=64", halo=16), progress=False)
     assert again["processed"] == 0 and np.array_equal(labels_of(path, "seg"), before)
 
 
@@ -137,8 +137,8 @@ def test_ngff_04_store_gets_04_labels_that_stitch_the_same(tmp_path, model):
         }
     ]
     group.create_array("0", shape=(1, 160, 160), chunks=(1, 64, 64), dtype="float32")[...] = blobs((1, 160, 160), 64, 9)
-    apply(model, path, "tiled", tile="y=64,x=64", halo=16, progress=False)
-    apply(model, path, "whole", tile="none", progress=False)
+    apply(model, path, "tiled", StreamOptions(tile="y=64,x=64", halo=16), progress=False)
+    apply(model, path, "whole", StreamOptions(tile="none"), progress=False)
     assert same_partition(labels_of(path, "tiled"), labels_of(path, "whole"))
     reopened = zarr.open_group(path, mode="r")
     ome_v04.Image.from_zarr(reopened)

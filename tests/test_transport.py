@@ -1,4 +1,5 @@
-"""Transport: one copy on send, none on receive, resends off, errors translated, stale sockets."""
+"""The nng transport: one copy on send, none on receive, resends off, errors translated, stale sockets,
+and the shared transport contract (``transport_contract.TransportTests``)."""
 
 from __future__ import annotations
 
@@ -13,14 +14,15 @@ from pathlib import Path
 import numpy as np
 import pynng
 import pytest
+from conftest import free_tcp_port
 from pynng import _nng
+from transport_contract import MiB, TransportTests, ask, echo_instance
 
 import nahual
-from nahual._protocol import Kind, decode, plan
-from nahual._transport import Channel, ReplySocket, RequestSocket, ipc_path, is_loopback
+from nahual._nng import Channel, ReplySocket, RequestSocket, ipc_path
+from nahual._protocol import Frame, Kind, decode, plan
+from nahual.client import NngTransport
 from nahual.errors import ConfigError, TransportError
-
-MiB = 1 << 20
 
 
 class _Tracked:
@@ -50,26 +52,6 @@ def pair(ipc_address: Callable[[str], str]) -> Iterator[tuple[_Tracked, _Tracked
             channel.close()
         client.close()
         server.close()
-
-
-@pytest.mark.parametrize(
-    "address, expected",
-    [
-        ("ipc:///tmp/x.sock", True),
-        ("inproc://x", True),
-        ("tcp://127.0.0.1:5000", True),
-        ("tcp://127.8.9.1:5000", True),
-        ("tcp://localhost:5000", True),
-        ("tcp://[::1]:5000", True),
-        ("tcp://0.0.0.0:5000", False),
-        ("tcp://192.168.1.4:5000", False),
-        ("tcp://*:5000", False),
-        ("tcp://example.org:5000", False),
-        ("ws://10.0.0.1:80", False),
-    ],
-)
-def test_is_loopback(address: str, expected: bool) -> None:
-    assert is_loopback(address) is expected
 
 
 def test_ipc_path() -> None:
@@ -235,3 +217,40 @@ def test_live_socket_is_not_stolen(pair: tuple[_Tracked, _Tracked]) -> None:
         ReplySocket(server.address)
     client.channel().send(plan(Kind.REQUEST, 2, {}), timeout=1)  # the first server still receives
     assert decode(server.channel().recv(timeout=5)).request_id == 2
+
+
+# -- the nng transport holds to the shared transport contract -------------------------------------
+
+
+class _WithToken(NngTransport):
+    """Puts the server's token into every request, as a :class:`nahual.Client` does (tcp needs one)."""
+
+    def handle_request(self, request: Frame, timeout: float | None) -> Frame:
+        meta = {**request.meta, "token": TOKEN}
+        return super().handle_request(Frame(request.kind, request.request_id, meta, request.payload), timeout)
+
+
+TOKEN = "s3cret"
+
+
+class TestNngTransport(TransportTests):
+    """:class:`NngTransport` against a server in this process, over ipc (shared memory) and tcp (with a token)."""
+
+    @pytest.fixture(params=["ipc", "tcp"])
+    def transport(self, request: pytest.FixtureRequest, ipc_address: Callable[[str], str]) -> Iterator[NngTransport]:
+        tcp = request.param == "tcp"
+        address = f"tcp://127.0.0.1:{free_tcp_port()}" if tcp else ipc_address("c")
+        with nahual.Server(address, token=TOKEN if tcp else None, allow_module_models=True) as server:
+            made = (_WithToken if tcp else NngTransport)(server.address, connect_timeout=5)
+            try:
+                yield made
+            finally:
+                made.close()
+
+    def test_shared_memory_is_negotiated_inside_the_transport(self, transport: NngTransport) -> None:
+        instance = echo_instance(transport)
+        large = {"data": np.ones(MiB, np.float32), "params": {}}
+        for _ in range(2):  # the first request offers a segment, the second uses them
+            assert ask(transport, "process", large, instance=instance).meta == {"op": "process"}
+        # over ipc the server confirmed it maps our segments; over tcp nothing was offered
+        assert transport._shm is (True if transport.address.startswith("ipc://") else None)

@@ -6,14 +6,20 @@
   left running, a second run has nothing to do;
 - a run stopped halfway (Ctrl-C, or SIGKILL of snakemake alone) and started
   again resumes without manual cleaning and gives the same outputs;
-- lint, dry runs of both profiles, and config errors that name the key.
+- a killed run's lock cleared on the rerun, but never where cluster jobs may still run;
+- lint, dry runs of both profiles, the schema's streaming defaults, and config
+  errors in one line that names the key (the deep chain: test_workflow_deep.py;
+  the user's own images and edits: test_workflow_own_data.py; failures:
+  test_workflow_failures.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -67,7 +73,9 @@ def snakemake_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "snakemake", *args]
 
 
-def run_snakemake(workdir: Path, *args: str, timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess:
+def run_snakemake(
+    workdir: Path, *args: str, timeout: float = RUN_TIMEOUT, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """Run snakemake in ``workdir`` (its default profile applies) and return the finished process."""
     return subprocess.run(
         snakemake_cmd(*args),
@@ -75,9 +83,31 @@ def run_snakemake(workdir: Path, *args: str, timeout: float = RUN_TIMEOUT) -> su
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=snakemake_env(),
+        env=env or snakemake_env(),
         check=False,
     )
+
+
+#: One job in snakemake's output: ``rule NAME:`` (``localrule``), its wildcards on a later line.
+JOB_LINE = re.compile(r"^\s*(?:local)?rule (\w+):$")
+WILDCARDS_LINE = re.compile(r"^\s*wildcards: (.+)$")
+
+
+def jobs_run(output: str) -> set[str]:
+    """``RULE WILDCARDS`` of each job a snakemake run planned (``RULE`` alone for jobs without wildcards)."""
+    jobs: set[str] = set()
+    rule = None
+    for line in output.splitlines():
+        if match := JOB_LINE.match(line):
+            if rule:
+                jobs.add(rule)
+            rule = match.group(1)
+        elif rule and (match := WILDCARDS_LINE.match(line)):
+            jobs.add(f"{rule} {match.group(1)}")
+            rule = None
+    if rule:
+        jobs.add(rule)
+    return jobs
 
 
 def snakemake_env() -> dict[str, str]:
@@ -187,9 +217,9 @@ def test_default_run_leaves_no_server_socket_lock_or_process(default_run):
     assert_nothing_left(default_run)
     logs = sorted((default_run / "logs" / "serve_model").rglob("*.log"))
     assert [p.relative_to(default_run / "logs").as_posix() for p in logs] == [
-        "serve_model/features/0.log",
-        "serve_model/nuclei/0.log",
-        "serve_model/tracks/0.log",
+        "serve_model/features/demo/0.log",
+        "serve_model/nuclei/demo/0.log",
+        "serve_model/tracks/demo/0.log",
     ]
 
 
@@ -270,7 +300,7 @@ def test_a_second_run_has_nothing_to_do(default_run):
 
 def start_and_stop_halfway(workdir: Path, stop: signal.Signals, whole_group: bool) -> None:
     """Start ``snakemake --cores 2``, wait for the first recorded block of the segmentation, send ``stop``."""
-    blocks = workdir / STORE / ".nahual" / "nuclei" / "blocks"
+    blocks = Path(f"{workdir / STORE}.nahual") / "nuclei" / "blocks"  # run state beside the store
     with open(workdir / "first-run.log", "w") as log:
         process = subprocess.Popen(
             snakemake_cmd("--cores", "2"),
@@ -303,10 +333,19 @@ def start_and_stop_halfway(workdir: Path, stop: signal.Signals, whole_group: boo
     ), "the first run finished before it was stopped"
 
 
-def recorded_blocks(workdir: Path) -> dict[str, int]:
-    """Block records of the segmentation and their mtimes (ns)."""
-    blocks = workdir / STORE / ".nahual" / "nuclei" / "blocks"
-    return {p.name: p.stat().st_mtime_ns for p in blocks.glob("*.json")}
+def recorded_blocks(workdir: Path) -> dict[int, int]:
+    """Per unfinished shard of the segmentation, the blocks it recorded (block I is shard I mod N's).
+
+    The run state is removed once the output is complete, so a rerun's skips are read from its logs.
+    """
+    shards = yaml.safe_load((workdir / "config.yaml").read_text())["streaming"]["shards"]
+    blocks = Path(f"{workdir / STORE}.nahual") / "nuclei" / "blocks"  # run state beside the store
+    counts: dict[int, int] = {}
+    for record in blocks.glob("*.json"):
+        shard = int(record.stem) % shards
+        if not (workdir / "results" / "demo" / "nuclei" / f"shard{shard}-of-{shards}.done").exists():
+            counts[shard] = counts.get(shard, 0) + 1
+    return counts
 
 
 def test_ctrl_c_leaves_nothing_and_the_rerun_resumes_to_the_same_outputs(default_run, tmp_path):
@@ -320,14 +359,17 @@ def test_ctrl_c_leaves_nothing_and_the_rerun_resumes_to_the_same_outputs(default
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     finally:
         stop_processes_in(workdir)
-    after = recorded_blocks(workdir)
-    assert {name: after.get(name) for name in before} == before, "finished blocks were computed again"
+    shards = yaml.safe_load((workdir / "config.yaml").read_text())["streaming"]["shards"]
+    for shard, count in before.items():  # finished blocks were not computed again
+        log = workdir / "logs" / "model_apply" / "demo" / "nuclei" / f"shard{shard}-of-{shards}.log"
+        assert f", {count} skipped of " in log.read_text(), log.read_text()
     assert_same_outputs(workdir, default_run)
     assert_nothing_left(workdir)
 
 
 def test_a_killed_snakemake_needs_no_unlock_and_the_rerun_resumes(default_run, tmp_path):
     workdir = copy_workflow(tmp_path / "wf")
+    locks, record = workdir / ".snakemake" / "locks", workdir / ".snakemake" / "nahual-run.json"
     try:
         start_and_stop_halfway(workdir, signal.SIGKILL, whole_group=False)
         # its servers follow it (--parent); the lock it held stays
@@ -336,7 +378,26 @@ def test_a_killed_snakemake_needs_no_unlock_and_the_rerun_resumes(default_run, t
             timeout=60,
             what="the servers of the killed snakemake to exit",
         )
-        assert os.listdir(workdir / ".snakemake" / "locks")
+        held = sorted(os.listdir(locks))
+        assert held
+        local = json.loads(record.read_text())
+        assert local["executor"] == "local" and local["local"] is True
+
+        # never cleared by a run that may use a cluster executor, dry or not (the real one is refused)
+        for args in (("-n",), ("--slurm-no-account",)):
+            result = run_snakemake(workdir, "--executor", "slurm", "--jobs", "1", *args, timeout=120)
+            assert sorted(os.listdir(locks)) == held, result.stdout[-3000:] + result.stderr[-3000:]
+            assert "removed the lock" not in result.stderr
+        assert result.returncode != 0 and "cannot be locked" in result.stdout + result.stderr
+        assert "may use a cluster executor" in result.stderr
+
+        # nor when the run that holds it used a cluster executor, whose jobs may still run elsewhere
+        record.write_text(json.dumps({**local, "executor": "slurm", "local": False}))
+        result = run_snakemake(workdir, "--cores", "2", timeout=120)
+        assert result.returncode != 0 and sorted(os.listdir(locks)) == held
+        assert "used the slurm executor" in result.stderr
+
+        record.write_text(json.dumps(local))
         result = run_snakemake(workdir, "--cores", "2")
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         assert "removed the lock" in result.stderr
@@ -352,7 +413,7 @@ def test_a_failed_consumer_leaves_no_server_socket_lock_or_process(tmp_path):
     finally:
         stop_processes_in(workdir)
     assert result.returncode != 0
-    assert "--channel 7 does not exist" in result.stdout + result.stderr
+    assert "channel 7 does not exist" in result.stdout + result.stderr
     assert_nothing_left(workdir)
     shards = workdir / "results" / "demo" / "nuclei"
     assert not shards.exists() or not any(shards.iterdir())  # the group's outputs are removed
@@ -378,26 +439,23 @@ def test_lint_finds_nothing_but_the_missing_conda_environments(tmp_path):
 
 
 def test_dry_run_of_the_slurm_profile_plans_one_group_job_per_server(tmp_path):
-    workdir = copy_workflow(tmp_path / "wf", {"models": {"threshold": {"instances": 2}}, "streaming": {"shards": 4}})
+    streaming = {"tile": {"y": 96, "x": 64}, "inflight": 3, "shards": 4}
+    workdir = copy_workflow(tmp_path / "wf", {"models": {"threshold": {"instances": 2}}, "streaming": streaming})
     result = run_snakemake(workdir, "--workflow-profile", "profiles/slurm", "-n", timeout=120)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout + result.stderr
-    for rule in (
-        "demo_data",
-        "env_prepare",
-        "serve_model",
-        "segment_apply",
-        "segment_stitch",
-        "track_apply",
-        "measure_apply",
-        "report_figures",
-    ):
+    for rule in ("demo_data", "env_prepare", "serve_model", "model_apply", "segment_stitch", "report_figures"):
         assert f"rule {rule}" in out, rule
     # one per server: two for nuclei (4 shards dealt over 2 instances), tracks, features
     assert out.count("Group job nahual") == 4
-    assert out.count("rule segment_apply") == 4 and out.count("rule serve_model") == 4
+    assert out.count("rule model_apply") == 4 + 2 and out.count("rule serve_model") == 4
     for batch in (0, 1):
-        assert f"--server ipc://results/servers/nuclei/{batch}.sock" in out
+        assert f"--server ipc://results/servers/nuclei/demo/{batch}.sock" in out
+    # every step gets the streaming options of the config, not the CLI's defaults
+    applies = [line for line in out.splitlines() if "nahual apply " in line]
+    assert len(applies) == 6 and all("--tile y=96,x=64 --level 0 --inflight 3" in line for line in applies), applies
+    for index in range(4):
+        assert sum(f"--shard {index}/4 " in line for line in applies) == 1
 
 
 def test_a_step_s_params_are_merged_over_its_model_s(tmp_path):
@@ -417,22 +475,61 @@ def test_a_step_s_params_are_merged_over_its_model_s(tmp_path):
         assert apply and all(f"--params {quoted}" in line for line in apply), apply
 
 
-def test_dry_run_of_the_deep_models_config(tmp_path):
-    workdir = copy_workflow(tmp_path / "wf")
-    result = run_snakemake(workdir, "--configfile", "config.deep-models.yaml", "-n", timeout=120)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+def test_the_schema_s_streaming_defaults_are_the_stream_options_defaults():
+    from nahual.stream import StreamOptions
+
+    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    streaming = schema["properties"]["streaming"]["properties"]
+    defaults = {key: entry["default"] for key, entry in streaming.items()}
+    options = StreamOptions()
+    fields = {field.name: getattr(options, field.name) for field in dataclasses.fields(options)}
+    # shards (the workflow's consumer jobs per labels step) is StreamOptions' shard count
+    assert defaults.pop("shards") == fields.pop("shard")[1] == 1
+    assert defaults == fields
+    assert StreamOptions.from_config(defaults) == options
+    # an image may override every one of them, and has no defaults of its own (they would hide streaming's)
+    image = next(branch for branch in schema["$defs"]["image"]["oneOf"] if branch["type"] == "object")
+    assert set(streaming) <= set(image["properties"])
+    assert not [key for key in streaming if "default" in image["properties"][key]]
 
 
 @pytest.mark.parametrize(
     ("change", "messages"),
     [
-        ({"streaming": {"tilee": 3}}, ["'tilee' was unexpected", "On instance['streaming']"]),
-        ({"streaming": {"shards": "two"}}, ["'two' is not of type 'integer'", "On instance['streaming']['shards']"]),
+        (
+            {"streaming": {"tilee": 3}},
+            ["config error at streaming.tilee: unknown key; allowed at streaming: tile, halo, level, channel"],
+        ),
+        (
+            {"tilee": 3},
+            ["config error at tilee: unknown key; allowed at the top level: images, demo, models, chain, streaming"],
+        ),
+        (
+            {"models": {"threshold": {"resources": {"gpus": 1}}}},
+            ["config error at models.threshold.resources.gpus: unknown key; allowed at models.threshold.resources:"],
+        ),
+        ({"streaming": {"shards": "two"}}, ["config error at streaming.shards: 'two' is not of type 'integer'"]),
         (
             {"models": {"threshold": {"instances": 0}}},
-            ["0 is less than the minimum of 1", "On instance['models']['threshold']['instances']"],
+            ["config error at models.threshold.instances: 0 is less than the minimum of 1"],
         ),
-        ({"models": {"threshold": {"env": "conda:x"}}}, ["'conda:x' does not match", "['threshold']['env']"]),
+        (
+            {"models": {"threshold": {"env": "conda:x"}}},
+            ["config error at models.threshold.env: 'conda:x' does not match"],
+        ),
+        ({"images": {"x": 5}}, ["config error at images.x: expected a string or object, got 5"]),
+        (
+            {"models": {"threshold": {"params": {"sigmaa": 2}}}},
+            ["config error at models.threshold.params: threshold: unknown param 'sigmaa' (did you mean 'sigma'?)"],
+        ),
+        (
+            {"chain": [{"name": "nuclei", "model": "threshold", "params": {"sigma": -1}}]},
+            ["config error at chain[0].params: threshold: param 'sigma' expects float >= 0, got -1"],
+        ),
+        (
+            {"images": {"x": {"path": STORE, "scale": {"y": 0.5}}}},
+            ["config error at images.x.scale: only a TIFF image takes a scale"],
+        ),
         ({"chain": [{"name": "nuclei", "model": "thresh"}]}, ["config error at chain[0].model: 'thresh' is not a key"]),
         ({"chain": [{"name": "t", "model": "laptrack", "input": "nuclei"}]}, ["config error at chain[0].input"]),
         ({"images": {"other": "missing.zarr"}}, ["config error at images.other: 'missing.zarr' does not exist"]),
@@ -448,6 +545,8 @@ def test_bad_config_fails_with_a_message_naming_the_key(tmp_path, change, messag
     output = result.stdout + result.stderr
     for message in messages:
         assert message in output, output[-3000:]
+    # one line, not the schema (it printed 556 lines)
+    assert len(output.splitlines()) < 12 and "$defs" not in output, output
 
 
 def merge(into: dict, change: dict) -> None:

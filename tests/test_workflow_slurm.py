@@ -8,6 +8,7 @@ skips and says why.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -75,9 +76,16 @@ def job_tres(jobid: str) -> str:
     return " ".join(word for word in out.stdout.split() if word.startswith(("TRES=", "AllocTRES=", "TresPerJob=")))
 
 
-def submitted_jobid(lines: list[str], log_folder: str) -> str:
-    line = next(line for line in lines if f"/{log_folder}/" in line)
-    return re.search(r"SLURM jobid (\d+)", line).group(1)
+def serving_job(lines: list[str], step: str) -> str:
+    """The group job whose server serves ``step``: the one whose batch script targets that server's job."""
+    for line in lines:
+        jobid = re.search(r"SLURM jobid (\d+)", line).group(1)
+        script = subprocess.run(
+            ["scontrol", "write", "batch_script", jobid, "-"], capture_output=True, text=True, timeout=30, check=False
+        )
+        if f"serve_model:step={step}," in script.stdout:
+            return jobid
+    raise AssertionError(f"no group job serves {step}: {lines}")
 
 
 def test_default_workflow_runs_through_the_slurm_executor(slurm_cluster, tmp_path):
@@ -120,9 +128,12 @@ def test_default_workflow_runs_through_the_slurm_executor(slurm_cluster, tmp_pat
     assert any("rule_segment_stitch" in line for line in submitted)
     assert any("rule_report_figures" in line for line in submitted)
     if gpus:  # requested by the segmentation server's group job only (TresPerJob=gres:gpu:1)
-        segmentation = job_tres(submitted_jobid(submitted, "group_nahual_segment_apply_serve_model"))
+        segmentation = job_tres(serving_job(groups, "nuclei"))
         assert re.search(r"gres[/:]gpu[=:]1\b", segmentation), segmentation
-        assert "gpu" not in job_tres(submitted_jobid(submitted, "group_nahual_serve_model_track_apply"))
+        assert "gpu" not in job_tres(serving_job(groups, "tracks"))
+    # the run recorded its executor, so that a later run never clears its lock (rules/lock.smk)
+    record = json.loads((workdir / ".snakemake" / "nahual-run.json").read_text())
+    assert record["executor"] == "slurm" and record["local"] is False
 
     group = zarr.open_group(workdir / STORE, mode="r")
     truth, nuclei = group["labels/ground_truth/0"][...], group["labels/nuclei/0"][...]
@@ -130,6 +141,6 @@ def test_default_workflow_runs_through_the_slurm_executor(slurm_cluster, tmp_pat
     assert "tracks" in group["tracks"] and "features" in group["tables"]
     for name in ("outlines", "tracks", "summary"):
         assert (workdir / "results" / "demo" / "report" / f"{name}.png").stat().st_size > 10_000
-    for log in ("serve_model/nuclei/0.log", "segment_apply/demo/nuclei/shard0-of-2.log"):
+    for log in ("serve_model/nuclei/demo/0.log", "model_apply/demo/nuclei/shard0-of-2.log"):
         assert (workdir / "logs" / log).exists(), log
     assert (workdir / "results" / "demo" / "tracks.done").exists()

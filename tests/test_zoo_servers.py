@@ -106,3 +106,11 @@ def test_the_three_environments_really_differ(servers):
         assert info["models"][model]["contract"]["output"] in ("labels", "tracks", "features")
         assert model in [instance["model"] for instance in info["instances"]]  # preloaded
         assert Path(info["executable"]).parent.parent == Path(default_env(model).split(":", 1)[1]) / ".venv"
+
+
+def test_a_model_whose_packages_are_missing_is_listed_unavailable_and_refused_at_load(servers):
+    with servers["threshold"].client() as client:
+        assert client.info()["models"]["laptrack"]["unavailable"] == "missing packages: laptrack"
+        with pytest.raises(nahual.RemoteError, match="cannot run here: missing packages laptrack") as caught:
+            client.load("laptrack")
+    assert caught.value.remote_type == "ConfigError" and caught.value.operation == "load"

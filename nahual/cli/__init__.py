@@ -16,7 +16,7 @@ from ..errors import NahualError
 __all__ = ["main"]
 
 #: Command modules, in the order their commands appear in ``nahual --help``.
-COMMAND_MODULES = ("_server", "_launch", "_stream", "_zoo", "_report")
+COMMAND_MODULES = ("_server", "_launch", "_stream", "_ingest", "_zoo", "_weights", "_report", "_new_model")
 
 
 class _VersionAction(argparse.Action):

@@ -52,10 +52,7 @@ def run_demo_data(args: argparse.Namespace) -> int:
     size = LARGE_SIZE if args.large else DEFAULT_SIZE
     changes = {"frames": args.frames, "height": args.size, "width": args.size, "nuclei": args.nuclei}
     size = dataclasses.replace(size, **{key: value for key, value in changes.items() if value is not None})
-    try:
-        data = make_demo(size, seed=args.seed)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
+    data = make_demo(size, seed=args.seed)
     if out.exists():
         shutil.rmtree(out)
     write_demo(out, data, levels=args.levels)

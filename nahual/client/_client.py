@@ -1,30 +1,32 @@
 """The client: call a model server with numpy arrays and plain dicts.
 
-Layer: above the transport, beside the server. One :class:`Client` owns one
-Req0 socket; each request in flight uses its own nng context, so
-:meth:`ModelHandle.map` and :meth:`ModelHandle.submit` pipeline requests
-over that single socket. Every call is bounded by a timeout.
+Layer: client, above the transport interface and beside the server. One
+:class:`Client` owns one :class:`~nahual._transport.Transport`: an nng socket
+to ``address`` unless another transport is injected (``transport=``, e.g. an
+:class:`~nahual._inprocess.InProcessTransport`). Requests in flight run side
+by side, so :meth:`ModelHandle.map` and :meth:`ModelHandle.submit` pipeline
+over that one transport. Every call is bounded by a timeout: ``timeout=``
+seconds, ``None`` for no limit, or the client's default.
 """
 
 from __future__ import annotations
 
 import collections
-import enum
 import itertools
 import os
-import queue
-import random
+import secrets
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from .. import _protocol as protocol
-from .._config import DEFAULT_TIMEOUT, Timeout, parse_timeout
-from .._protocol import Kind
-from .._transport import Channel, RequestSocket
-from ..errors import AuthError, NahualError, ProtocolError, RemoteError
+from .._config import DEFAULT_TIMEOUT, USE_CLIENT_DEFAULT, Timeout, UseClientDefault, parse_seconds, parse_timeout
+from .._nng_transport import NngTransport
+from .._protocol import Frame, Kind
+from .._state import State
+from .._transport import Transport
+from ..errors import AuthError, ConfigError, ProtocolError, RemoteError, StateError
 from ..model import Contract
 
 __all__ = ["Client", "ModelHandle"]
@@ -32,11 +34,8 @@ __all__ = ["Client", "ModelHandle"]
 #: Requests a client keeps in flight at most (threads waiting on replies).
 MAX_INFLIGHT = 64
 
-
-class _State(enum.Enum):
-    UNOPENED = "unopened"
-    OPEN = "open"
-    CLOSED = "closed"
+#: A call's time limit: seconds, None (no limit) or USE_CLIENT_DEFAULT.
+Limit = float | None | UseClientDefault
 
 
 class Client:
@@ -44,58 +43,89 @@ class Client:
 
     Parameters
     ----------
-    address : str
-        The server's address (``ipc://…``, ``tcp://…``).
+    address : str, optional
+        The server's address (``ipc://…``, ``tcp://…``); not with ``transport``.
     timeout : Timeout, float or None
         A :class:`nahual.Timeout`, seconds for every limit, or None to wait forever.
+        ``timeout.request`` is the default of every call's ``timeout=``.
     token : str, optional
         Shared secret for servers that require one (default: ``$NAHUAL_TOKEN``).
+    transport : Transport, optional
+        The transport to use instead of an nng socket to ``address``; the client
+        owns it from then on and closes it with itself.
+    allow_foreign_socket : bool
+        Connect to an ipc socket that belongs to another user (whose server
+        would see every request and could answer anything); refused by default.
+
+    Raises
+    ------
+    ConfigError
+        When neither or both of ``address`` and ``transport`` are given.
+    TimeoutError
+        When nothing answers at ``address`` within ``timeout.connect``.
+    TransportError
+        When the ipc socket at ``address`` belongs to another user (see ``allow_foreign_socket``).
 
     Examples
     --------
-    >>> with nahual.Client("ipc:///tmp/nahual/echo.sock") as client:   # doctest: +SKIP
+    >>> with nahual.Client("ipc:///run/user/1000/nahual/echo.sock") as client:   # doctest: +SKIP
     ...     echo = client.load("echo")
-    ...     echo({"image": image})
+    ...     echo({"image": image}, timeout=5)
     """
 
-    def __init__(self, address: str, timeout: Timeout | float | None = DEFAULT_TIMEOUT, token: str | None = None):
-        self.address = address
+    def __init__(
+        self,
+        address: str | None = None,
+        timeout: Timeout | float | None = DEFAULT_TIMEOUT,
+        token: str | None = None,
+        *,
+        transport: Transport | None = None,
+        allow_foreign_socket: bool = False,
+    ) -> None:
+        if (address is None) == (transport is None):
+            given = "both" if transport is not None else "neither"
+            raise ConfigError(f"a Client needs an address or a transport, got {given}")
         self.timeout = parse_timeout(timeout)
         self._token = token if token is not None else os.environ.get("NAHUAL_TOKEN")
-        self._state = _State.UNOPENED
-        self._socket: RequestSocket | None = None
-        self._channels: queue.SimpleQueue[Channel] = queue.SimpleQueue()
-        self._channels_made: list[Channel] = []
+        self._state = State.UNOPENED
+        self._transport = transport
+        self.address: str = transport.address if transport is not None else str(address)
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
-        self._ids = itertools.count(random.getrandbits(40) << 20)
-        #: Whether the server reads our shared-memory segments (None: not asked yet).
-        self._shm: bool | None = None
+        self._allow_foreign_socket = allow_foreign_socket
+        # Request ids start at a random prefix of this client's own (never the global `random`, which
+        # callers seed): the server tells connections apart, and ids keep replies to their requests.
+        self._ids = itertools.count(secrets.randbits(40) << 20)
         self.open()
 
-    # -- lifecycle -------------------------------------------------------------------
+    # -- lifecycle -----------------------------------------------------------------------
     def open(self) -> Client:
-        """Connect (done by the constructor; reopening a closed client raises)."""
-        if self._state is _State.CLOSED:
-            raise NahualError("this client is closed; create a new Client")
-        if self._state is _State.UNOPENED:
-            self._socket = RequestSocket(self.address, self.timeout.connect)
-            self._state = _State.OPEN
+        """Connect (done by the constructor; reopening a closed client raises :class:`StateError`)."""
+        if self._state is State.CLOSED:
+            raise StateError(f"this client of {self.address} is closed; create a new Client")
+        if self._state is State.UNOPENED:
+            if self._transport is None:
+                self._transport = NngTransport(
+                    self.address, self.timeout.connect, allow_foreign_socket=self._allow_foreign_socket
+                )
+            self._state = State.OPEN
         return self
 
     def close(self) -> None:
-        """Close the socket and stop pending calls (idempotent)."""
-        if self._state is _State.CLOSED:
-            return
-        self._state = _State.CLOSED
-        # Contexts first (their pending calls fail), then the threads, then the socket:
-        # nng can panic when a context is used while its socket closes.
-        for channel in list(self._channels_made):
-            channel.close()
+        """Close the transport (pending calls fail) and stop the background threads (idempotent)."""
+        with self._lock:
+            if self._state is State.CLOSED:
+                return
+            self._state = State.CLOSED
+        if self._transport is not None:
+            self._transport.close()
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
-        if self._socket is not None:
-            self._socket.close()
+
+    @property
+    def transport(self) -> Transport | None:
+        """The transport this client owns (None before it opened)."""
+        return self._transport
 
     def __enter__(self) -> Client:
         return self
@@ -106,37 +136,42 @@ class Client:
     def __repr__(self) -> str:
         return f"Client({self.address!r}, {self._state.value})"
 
-    # -- requests --------------------------------------------------------------------
-    def request(self, operation: str, payload: Any = None, timeout: float | None = ..., **meta: Any) -> Any:
+    # -- requests ------------------------------------------------------------------------
+    def request(self, operation: str, payload: Any = None, timeout: Limit = USE_CLIENT_DEFAULT, **meta: Any) -> Any:
         """Send one request and return the decoded reply payload.
+
+        Parameters
+        ----------
+        operation : str
+            The protocol operation (``ping``, ``load``, ``process``…).
+        payload : Any
+            Dicts, lists, JSON scalars and numpy arrays.
+        timeout : float, None or USE_CLIENT_DEFAULT
+            Seconds to wait for the reply; None waits forever; by default the client's ``timeout.request``.
+        **meta
+            Protocol fields of the request (``instance``, ``model``…).
 
         Raises
         ------
         RemoteError
             The server ran the request and it failed there.
         TimeoutError
-            No reply within ``timeout`` (default: the client's request timeout).
+            No reply within ``timeout``.
         ProtocolError
             The reply is not a valid answer to this request.
+        StateError
+            The client is closed.
+        TypeError
+            The payload holds something the protocol cannot carry (nothing was sent).
         """
-        if self._state is not _State.OPEN:
-            raise NahualError(f"client for {self.address} is {self._state.value}")
-        limit = self.timeout.request if timeout is ... else timeout
+        if self._state is not State.OPEN or self._transport is None:
+            raise StateError(f"client of {self.address} is {self._state.value}")
+        limit = self._limit(timeout)
         request_id = next(self._ids) & 0xFFFF_FFFF_FFFF_FFFF
         meta = {"op": operation, **meta}
         if self._token:
             meta["token"] = self._token
-        channel = self._take_channel()
-        offer, writer = self._shm_offer(channel)
-        if offer is not None:
-            meta["shm"] = offer
-        try:
-            channel.send(protocol.plan(Kind.REQUEST, request_id, meta, payload, writer), limit)
-            frame = self._receive(channel, limit)
-        finally:
-            self._channels.put(channel)
-        if "shm" in frame.meta:
-            self._shm = frame.meta["shm"] is True
+        frame = self._transport.request(Frame(Kind.REQUEST, request_id, meta, payload), limit)
         if frame.request_id != request_id:
             raise ProtocolError(f"reply to request {frame.request_id} arrived for request {request_id}")
         if frame.kind == Kind.ERROR:
@@ -145,73 +180,58 @@ class Client:
             raise ProtocolError(f"expected a reply, got message kind {frame.kind}")
         return frame.payload
 
-    def _shm_offer(self, channel: Channel) -> tuple[Any, Any]:
-        """The request's ``meta.shm`` and the out-of-band writer to plan it with.
+    def _limit(self, timeout: Limit) -> float | None:
+        if isinstance(timeout, UseClientDefault):
+            return self.timeout.request
+        return parse_seconds(timeout)
 
-        Shared memory is used only once the server has opened one of our segments
-        (it answers ``shm: true``): a server without ``/dev/shm``, or one that sees
-        another ``/dev/shm`` than ours, keeps getting and sending plain messages.
-        """
-        if channel.writer is None or self._shm is False:
-            return None, None
-        if self._shm:
-            return True, channel.writer
-        return channel.writer.probe(), None  # a segment name for the server to try, arrays in band
-
-    @staticmethod
-    def _receive(channel: Channel, limit: float | None) -> protocol.Frame:
-        """Receive and decode a reply; arrays from the server's shared memory are copied out
-        (it reuses that memory for its next reply), so the segments are released at once."""
-        try:
-            return protocol.decode(channel.recv(limit), channel.segments)
-        finally:
-            channel.release()
-
-    def submit(self, operation: str, payload: Any = None, **meta: Any) -> Future:
-        """Like :meth:`request`, in a background thread; returns a Future."""
+    def submit(self, operation: str, payload: Any = None, timeout: Limit = USE_CLIENT_DEFAULT, **meta: Any) -> Future:
+        """Like :meth:`request`, in a background thread; returns a Future of the reply payload."""
+        self._limit(timeout)  # a bad limit fails here, not in the future
         with self._lock:
+            if self._state is not State.OPEN:
+                raise StateError(f"client of {self.address} is {self._state.value}")
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(MAX_INFLIGHT, thread_name_prefix="nahual-client")
-        return self._executor.submit(self.request, operation, payload, **meta)
+            return self._executor.submit(self.request, operation, payload, timeout, **meta)
 
-    def _take_channel(self) -> Channel:
-        try:
-            return self._channels.get_nowait()
-        except queue.Empty:
-            assert self._socket is not None
-            channel = self._socket.channel()
-            self._channels_made.append(channel)
-            return channel
-
-    # -- operations ------------------------------------------------------------------
-    def ping(self, timeout: float | None = ...) -> float:
+    # -- operations ----------------------------------------------------------------------
+    def ping(self, timeout: Limit = USE_CLIENT_DEFAULT) -> float:
         """Round-trip a ping; returns the seconds it took."""
         start = time.perf_counter()
         self.request("ping", timeout=timeout)
         return time.perf_counter() - start
 
-    def info(self) -> dict[str, Any]:
-        """Versions, models available (with contracts) and instances loaded on the server."""
-        return self.request("info")
+    def info(self, timeout: Limit = USE_CLIENT_DEFAULT) -> dict[str, Any]:
+        """Versions, models (with contracts, and why any cannot run there) and instances loaded on the server."""
+        return self.request("info", timeout=timeout)
 
-    def load(self, model: str, /, *, replica: int = 0, **params: Any) -> ModelHandle:
+    def load(
+        self, model: str, /, *, replica: int = 0, timeout: Limit = USE_CLIENT_DEFAULT, **params: Any
+    ) -> ModelHandle:
         """Load ``model`` with ``params`` (the same model and params give the same instance).
 
         ``replica`` > 0 asks for a separate copy, to process in parallel.
+        ``replica`` and ``timeout`` are reserved: they are never model params.
         """
-        reply = self.request("load", params, model=model, replica=replica)
+        reply = self.request("load", params, timeout, model=model, replica=replica)
         return ModelHandle(self, reply)
 
-    def shutdown(self) -> None:
+    def shutdown(self, timeout: Limit = USE_CLIENT_DEFAULT) -> None:
         """Ask the server to exit."""
-        self.request("shutdown")
+        self.request("shutdown", timeout=timeout)
 
 
 class ModelHandle:
     """One model instance on a server; call it with a payload.
 
+    ``timeout`` is a reserved keyword of :meth:`__call__`, :meth:`submit` and
+    :meth:`map`: it bounds the request and is never passed to the model as a
+    param (a model cannot have a per-call param named ``timeout``).
+
     Attributes
     ----------
+    client : Client
     instance_id : str
     model : str
     params : dict
@@ -228,22 +248,30 @@ class ModelHandle:
     def __repr__(self) -> str:
         return f"ModelHandle({self.model!r}, instance={self.instance_id!r}, {self.client.address})"
 
-    def __call__(self, payload: Any, **params: Any) -> Any:
+    def __call__(self, payload: Any, *, timeout: Limit = USE_CLIENT_DEFAULT, **params: Any) -> Any:
         """Process one payload; ``params`` override the model's per-call parameters."""
-        return self.client.request("process", {"data": payload, "params": params}, instance=self.instance_id)
+        return self.client.request("process", {"data": payload, "params": params}, timeout, instance=self.instance_id)
 
-    def submit(self, payload: Any, **params: Any) -> Future:
+    def submit(self, payload: Any, *, timeout: Limit = USE_CLIENT_DEFAULT, **params: Any) -> Future:
         """Process one payload in the background; returns a Future of the result."""
-        return self.client.submit("process", {"data": payload, "params": params}, instance=self.instance_id)
+        return self.client.submit("process", {"data": payload, "params": params}, timeout, instance=self.instance_id)
 
-    def map(self, payloads: Iterable[Any], inflight: int = 4, **params: Any) -> Iterator[Any]:
-        """Process payloads with up to ``inflight`` requests pipelined; yields results in order."""
+    def map(
+        self, payloads: Iterable[Any], inflight: int = 4, *, timeout: Limit = USE_CLIENT_DEFAULT, **params: Any
+    ) -> Iterator[Any]:
+        """Process payloads with up to ``inflight`` requests pipelined; yields results in order.
+
+        Raises
+        ------
+        ConfigError
+            When ``inflight`` is not between 1 and 64.
+        """
         if not 1 <= inflight <= MAX_INFLIGHT:
-            raise ValueError(f"inflight must be between 1 and {MAX_INFLIGHT}, got {inflight}")
+            raise ConfigError(f"inflight must be between 1 and {MAX_INFLIGHT}, got {inflight}")
         window: collections.deque[Future] = collections.deque()
         try:
             for payload in payloads:
-                window.append(self.submit(payload, **params))
+                window.append(self.submit(payload, timeout=timeout, **params))
                 if len(window) >= inflight:
                     yield window.popleft().result()
             while window:
@@ -252,9 +280,9 @@ class ModelHandle:
             for future in window:
                 future.cancel()
 
-    def unload(self) -> None:
+    def unload(self, timeout: Limit = USE_CLIENT_DEFAULT) -> None:
         """Remove this instance from the server."""
-        self.client.request("unload", instance=self.instance_id)
+        self.client.request("unload", timeout=timeout, instance=self.instance_id)
 
 
 def _remote_error(meta: dict[str, Any]) -> RemoteError:

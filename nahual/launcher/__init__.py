@@ -5,6 +5,8 @@ named by a spec string (see :func:`parse_env_spec`), waits until it answers
 ``ping`` and returns a :class:`ServerProcess` handle; ``exec_server`` is the
 same for ``nahual serve --env``, replacing the calling process. Only the
 core is imported here: ``uv``, ``nix`` and ``apptainer`` are run as programs.
+Launched servers leave their logs in the runtime directory, bounded and
+listed by ``nahual logs``; a failure's first line is its cause (``_cause.py``).
 """
 
 from __future__ import annotations

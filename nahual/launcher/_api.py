@@ -3,13 +3,16 @@
 ``launch`` is for Python callers that own the server's lifetime;
 ``exec_server`` is for ``nahual serve --env SPEC``, which must *become* the
 server so that a SIGTERM sent to it (by Snakemake) reaches the server itself.
+Both run ``python -P``: the server's working directory is never on its import path.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import shlex
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NoReturn
@@ -18,10 +21,14 @@ from .._config import DEFAULT_TIMEOUT, Timeout, parse_timeout
 from ..errors import ConfigError, LaunchError
 from ._backends import Backend
 from ._handle import ServerProcess
-from ._runtime import RuntimeFiles
+from ._logs import ServerRecord, prune_logs
+from ._runtime import RuntimeFiles, ipc_path
 from ._specs import parse_env_spec
 
 __all__ = ["exec_server", "launch", "serve_args"]
+
+#: ``python`` arguments that run ``nahual serve``; ``-P`` keeps the working directory off ``sys.path``.
+SERVE = ["-P", "-m", "nahual", "serve"]
 
 
 def serve_args(
@@ -30,12 +37,13 @@ def serve_args(
     preload: str | None = None,
     params: Mapping[str, Any] | None = None,
     parent: int | None = None,
+    allow_module_models: bool = False,
 ) -> list[str]:
     """Arguments of ``python ARGS...`` that run ``nahual serve`` with these options.
 
     A token is not among them: it travels in ``$NAHUAL_TOKEN``, where ``ps`` cannot show it.
     """
-    args = ["-m", "nahual", "serve", address]
+    args = [*SERVE, address]
     if ready_file is not None:
         args += ["--ready-file", str(ready_file)]
     if preload is not None:
@@ -46,6 +54,8 @@ def serve_args(
         raise ConfigError(f"params need a model to preload, got params {dict(params)!r} and no preload")
     if parent is not None:
         args += ["--parent", str(parent)]
+    if allow_module_models:
+        args.append("--allow-module-models")
     return args
 
 
@@ -58,6 +68,7 @@ def launch(
     *,
     token: str | None = None,
     log_path: str | os.PathLike[str] | None = None,
+    allow_module_models: bool = False,
 ) -> ServerProcess:
     """Start a model server in an environment and wait until it answers ``ping``.
 
@@ -76,9 +87,14 @@ def launch(
         ``startup`` bounds the wait for readiness (not the preparation); the
         handle's clients use the rest.
     token : str, optional
-        Shared secret the server requires on every request.
+        Shared secret the server requires on every request; for a tcp address
+        without one, a fresh token is made. The handle's clients carry it.
     log_path : path, optional
-        Where the server's output goes; default: next to its socket in the runtime directory.
+        Where the server's output goes; default: next to its socket in the runtime directory,
+        where ``nahual logs`` finds it (the newest 50 logs of the last 7 days are kept).
+    allow_module_models : bool
+        Let clients load any ``module:Class`` (``nahual serve --allow-module-models``):
+        whoever can reach the server may then run code as you. ``preload`` needs no permission.
 
     Returns
     -------
@@ -100,11 +116,16 @@ def launch(
         raise LaunchError(f"environment {backend.spec} is not available here: {why}")
     backend.prepare()
     files = RuntimeFiles.create()
+    prune_logs(files.stem.parent)
     log = Path(log_path) if log_path is not None else files.log_file
     address = address or files.address
-    args = serve_args(address, files.ready_file, preload, params, parent=os.getpid())
+    if token is None and ipc_path(address) is None:
+        token = secrets.token_urlsafe(32)  # tcp: every local user can connect (docs/security.md)
+    args = serve_args(address, files.ready_file, preload, params, os.getpid(), allow_module_models)
     server = ServerProcess(backend, backend.command(args), address, log, files.ready_file, limits, token)
+    server.record = ServerRecord(files.record_file, log, server.pid, backend.spec, preload, address, time.time())
     try:
+        server.record.save()
         server.wait_ready()
     except BaseException:
         server.stop()
@@ -132,7 +153,7 @@ def exec_server(spec: str | Backend, serve_argv: list[str]) -> NoReturn:
     if not ok:
         raise LaunchError(f"environment {backend.spec} is not available here: {why}")
     backend.prepare()
-    argv = backend.command(["-m", "nahual", "serve", *serve_argv])
+    argv = backend.command([*SERVE, *serve_argv])
     try:
         os.execvp(argv[0], argv)
     except OSError as exc:

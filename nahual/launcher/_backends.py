@@ -13,13 +13,14 @@ import hashlib
 import os
 import shlex
 import shutil
-import subprocess
 import sys
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import ClassVar
 
 from ..errors import ConfigError, LaunchError
+from ._tools import PROBE, probe, run_tool
+from ._torch import cpu_requirements, cuda_only_packages, install_cpu_torch, torch_build
 
 __all__ = [
     "ApptainerEnv",
@@ -31,9 +32,6 @@ __all__ = [
     "VenvEnv",
     "find_uv",
 ]
-
-#: Lines of a failed tool's output quoted in the error.
-TAIL_LINES = 15
 
 
 class Backend(ABC):
@@ -71,6 +69,20 @@ class Backend(ABC):
         """Whether this very environment can start here, and why (not), in one line."""
         return self.tool()
 
+    def check(self) -> tuple[bool, str]:
+        """Whether a server can start in this environment: :meth:`available`, then Python imports nahual in it.
+
+        This is what ``nahual envs SPEC`` prints. The probe runs the same
+        command a server would (for ``nix:`` it evaluates and builds the
+        shell), so an attribute that does not exist, a shell that does not
+        evaluate or an environment without nahual is a ``no`` with its cause.
+        """
+        ok, why = self.available()
+        if not ok:
+            return ok, why
+        ok, answer = probe(self.command(["-c", PROBE]))
+        return ok, f"{why}; {answer}" if ok else f"{why}, but `python -c 'import nahual'` in it failed: {answer}"
+
     def prepare(self) -> None:  # noqa: B027 - optional hook, most backends need nothing
         """Make the environment ready before the first start (default: nothing to do).
 
@@ -92,19 +104,6 @@ class Backend(ABC):
 
     def __hash__(self) -> int:
         return hash((type(self), self.value))
-
-
-def run_tool(argv: list[str], what: str, env: dict[str, str] | None = None) -> None:
-    """Run a preparation tool, raising :class:`LaunchError` with its output's tail when it fails."""
-    try:
-        done = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
-    except OSError as exc:
-        raise LaunchError(f"{what}: cannot run {argv[0]}: {exc}") from exc
-    if done.returncode != 0:
-        lines = (done.stderr + done.stdout).strip().splitlines()[-TAIL_LINES:]
-        last = lines[-1] if lines else "(no output)"
-        tail = "\n".join(lines)
-        raise LaunchError(f"{what} failed (exit {done.returncode}): {last}\ncommand: {shlex.join(argv)}\n{tail}")
 
 
 class CurrentEnv(Backend):
@@ -164,9 +163,10 @@ def find_uv() -> str | None:
 class UvEnv(Backend):
     """A uv project directory; synced into ``DIR/.venv`` before the first start.
 
-    The value is ``PROJECT_DIR`` or ``PROJECT_DIR?python=INTERPRETER``. uv
-    never downloads an interpreter: it uses ``INTERPRETER`` when given, else
-    the machine's ``python3``.
+    The value is ``PROJECT_DIR``, optionally with ``?KEY=VALUE`` options joined
+    by ``&``: ``python=INTERPRETER`` (uv never downloads one: default the machine's
+    ``python3``) and, for a lock holding torch, ``torch=cpu|cuda`` (default
+    ``$NAHUAL_TORCH``, else ``cpu`` on Linux without an NVIDIA GPU; see ``_torch.py``).
     """
 
     kind = "uv"
@@ -174,18 +174,43 @@ class UvEnv(Backend):
 
     #: File in the venv recording what it was last synced from.
     STAMP = ".nahual-sync"
+    #: Options a spec may give after ``?``.
+    OPTIONS: ClassVar[tuple[str, ...]] = ("python", "torch")
+
+    @property
+    def options(self) -> dict[str, str]:
+        """The ``?KEY=VALUE&...`` options of the spec.
+
+        Raises
+        ------
+        ConfigError
+            For an option that is not ``KEY=VALUE`` with a known key and a value.
+        """
+        query = self.value.partition("?")[2]
+        options: dict[str, str] = {}
+        for item in filter(None, query.split("&")):
+            key, _, value = item.partition("=")
+            if key not in self.OPTIONS or not value:
+                known = ", ".join(f"{name}=..." for name in self.OPTIONS)
+                raise ConfigError(f"uv spec options are {known} joined by '&', got {item!r} in {self.spec!r}")
+            options[key] = value
+        return options
 
     @property
     def project(self) -> Path:
         """Absolute path of the project directory."""
-        return Path(self.value.split("?python=", 1)[0]).expanduser().absolute()
+        return Path(self.value.partition("?")[0]).expanduser().absolute()
 
     @property
     def interpreter(self) -> str:
         """The interpreter uv builds the venv from (never one it downloads)."""
-        if "?python=" in self.value:
-            return self.value.split("?python=", 1)[1]
-        return shutil.which("python3") or sys.executable
+        return self.options.get("python") or shutil.which("python3") or sys.executable
+
+    @property
+    def torch(self) -> str | None:
+        """``cpu`` or ``cuda`` when the project's lock holds torch, else None (the switch does not apply)."""
+        build = torch_build(self.options.get("torch"))
+        return build if cpu_requirements(self.project) else None
 
     @property
     def venv(self) -> Path:
@@ -205,27 +230,41 @@ class UvEnv(Backend):
             return ok, why
         if not (self.project / "pyproject.toml").is_file():
             return False, f"{self.project / 'pyproject.toml'} does not exist (expected a uv project)"
-        return True, f"{why}; project {self.project}"
+        build = {"cpu": "; torch cpu (the CPU build of the locked version)", "cuda": "; torch cuda (as locked)"}
+        return True, f"{why}; project {self.project}{build.get(self.torch or '', '')}"
 
     def python(self) -> list[str]:
         return [str(self.venv / "bin" / "python")]
 
+    def check(self) -> tuple[bool, str]:
+        """As :meth:`Backend.check`; a project not synced yet is not probed (the first start syncs it)."""
+        if (self.venv / "bin" / "python").exists():
+            return super().check()
+        ok, why = self.available()
+        if not ok:
+            return ok, why
+        return ok, f"{why}; not synced yet (the first start or `nahual env-prepare {self.spec}` runs uv sync)"
+
     def _fingerprint(self) -> str:
-        """What the venv depends on: project files and the base interpreter."""
-        digest = hashlib.sha256(f"{self.interpreter}\0--compile-bytecode".encode())
+        """What the venv depends on: project files, the base interpreter and the torch build."""
+        build = f"\0torch={self.torch}" if self.torch else ""  # no torch in the lock: stamps as before
+        digest = hashlib.sha256(f"{self.interpreter}\0--compile-bytecode{build}".encode())
         for name in ("pyproject.toml", "uv.lock"):
             path = self.project / name
             digest.update(name.encode() + (path.read_bytes() if path.exists() else b"-"))
         return digest.hexdigest()
 
     def is_synced(self) -> bool:
-        """True when the venv was synced from the current pyproject.toml, uv.lock and interpreter."""
+        """True when the venv was synced from the current pyproject.toml, uv.lock, interpreter and torch build."""
         stamp = self.venv / self.STAMP
         python = self.venv / "bin" / "python"
         return python.exists() and stamp.exists() and stamp.read_text().strip() == self._fingerprint()
 
     def prepare(self, force: bool = False) -> None:
         """``uv sync`` the project unless it is already synced (``--locked`` when a lock exists).
+
+        With ``torch=cpu`` the sync leaves out torch and its CUDA-only packages, then ``uv pip
+        install --no-deps`` puts in the CPU build of the locked versions (``UV_FIND_LINKS``/``UV_INDEX``).
 
         Parameters
         ----------
@@ -243,9 +282,13 @@ class UvEnv(Backend):
         # Bytecode is compiled at sync time: servers may run with PYTHONDONTWRITEBYTECODE or a
         # read-only venv, and importing numpy from source costs seconds at every start.
         argv = [uv, "sync", "--project", str(self.project), "--python", self.interpreter, "--compile-bytecode", *locked]
+        cpu = self.torch == "cpu"
+        argv += [f"--no-install-package={name}" for name in cuda_only_packages(self.project)] if cpu else []
         env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "UV_PROJECT_ENVIRONMENT")}
         env["UV_PYTHON_DOWNLOADS"] = "never"
         run_tool(argv, f"uv sync of {self.spec}", env=env)
+        if cpu:
+            install_cpu_torch(uv, self.project, self.python()[0], self.spec, env)
         (self.venv / self.STAMP).write_text(self._fingerprint() + "\n")
 
 
@@ -347,6 +390,11 @@ class CmdEnv(Backend):
         if found is None:
             return False, f"{program} not found on PATH"
         return True, f"{program} at {found}"
+
+    def check(self) -> tuple[bool, str]:
+        """Only :meth:`available`: a prefix may submit a job (``srun``), so the check does not run it."""
+        ok, why = self.available()
+        return ok, f"{why} (the prefix is not run by this check)" if ok else why
 
     def python(self) -> list[str]:
         return [*self.prefix, "python"]

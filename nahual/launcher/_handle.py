@@ -21,22 +21,30 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING
 
-from .._config import Timeout
+from .._config import Timeout, parse_timeout
+from .._nng_transport import NngTransport
 from ..client import Client  # before the atexit hook below: pynng's own hook (nng_fini) must run after ours
 from ..errors import LaunchError, NahualError, TransportError
+from ._cause import ErrorWatch, cause_line
+from ._procs import group_alive
 from ._runtime import ipc_path
 
 if TYPE_CHECKING:
     from ._backends import Backend
+    from ._logs import ServerRecord
 
-__all__ = ["ServerProcess", "State", "group_alive", "log_tail"]
+__all__ = ["ServerProcess", "State", "log_tail"]
 
 #: Seconds each stop phase (shutdown request, SIGTERM, SIGKILL) may take.
 STOP_GRACE = 2.0
 #: Lines of the server log quoted when it fails to start.
 TAIL_LINES = 20
+#: Seconds a starting server that printed its error may take to exit before it is stopped.
+ERROR_GRACE = 1.0
+#: Seconds :meth:`ServerProcess.exit_note` waits for the exit status of a server whose connection dropped.
+EXIT_WAIT = 0.5
 
 #: Servers started and not yet stopped (strong references: a dropped handle is still stopped at exit).
 _LIVE: set[ServerProcess] = set()
@@ -63,27 +71,6 @@ def log_tail(path: Path, lines: int = TAIL_LINES) -> str:
     return "\n".join(kept) if kept else "(empty log)"
 
 
-def group_alive(pgid: int) -> bool:
-    """Whether a process of group ``pgid`` still runs; zombies (dead, awaiting their reaper) do not count."""
-    proc = Path("/proc")
-    if not proc.is_dir():  # no procfs: ask the kernel, zombies included
-        try:
-            os.killpg(pgid, 0)
-        except (ProcessLookupError, PermissionError):
-            return False
-        return True
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # exited while we looked
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
-
-
 class ServerProcess:
     """A model server started by :func:`nahual.launch`; stop it with :meth:`stop` or ``with``.
 
@@ -99,6 +86,8 @@ class ServerProcess:
         The environment it runs in.
     argv : list of str
         The command that started it.
+    record : ServerRecord or None
+        Its entry for ``nahual logs`` (set by :func:`nahual.launch`); :meth:`stop` saves its exit status there.
     """
 
     def __init__(
@@ -120,7 +109,9 @@ class ServerProcess:
         self.token = token
         self.state = State.STARTING
         self._lock = threading.Lock()
+        self.record: ServerRecord | None = None
         self._log: IO[bytes] = log_path.open("ab")
+        self._watch = ErrorWatch(log_path, os.fstat(self._log.fileno()).st_size)
         env = dict(os.environ)
         if token is not None:
             env["NAHUAL_TOKEN"] = token  # not on the command line, where ps shows it
@@ -149,8 +140,10 @@ class ServerProcess:
         Raises
         ------
         LaunchError
-            If the server exits first or the startup deadline passes; the
-            server is stopped and the message quotes the log's tail.
+            If the server exits first, prints nahual's own error line and
+            does not exit within :data:`ERROR_GRACE`, or the startup deadline
+            passes; the server is stopped, the message's first line ends with
+            the server's own error and the log's tail follows.
         """
         limit = self.timeout.startup
         deadline = None if limit is None else time.monotonic() + limit
@@ -159,6 +152,10 @@ class ServerProcess:
             if self._exited():
                 code = self.stop()
                 raise self._failure(f"exited with status {code} before it was ready")
+            seen = self._watch.poll()
+            if seen is not None and time.monotonic() - seen > ERROR_GRACE:
+                self.stop(grace=0.5)
+                raise self._failure(f"failed before it was ready and did not exit within {ERROR_GRACE:g} s")
             if self.ready_file.exists() and self._ping(deadline):
                 self.state = State.RUNNING
                 return
@@ -179,10 +176,10 @@ class ServerProcess:
         return True
 
     def _failure(self, what: str) -> LaunchError:
-        tail = log_tail(self.log_path)
-        last = tail.splitlines()[-1] if tail else ""
+        text = log_tail(self.log_path, 10 * TAIL_LINES)  # the error line may precede exit-time noise
+        tail = "\n".join(text.splitlines()[-TAIL_LINES:])
         return LaunchError(
-            f"server in environment {self.backend.spec} (pid {self.pid}) {what}: {last}\n"
+            f"server in environment {self.backend.spec} (pid {self.pid}) {what}: {cause_line(text)}\n"
             f"command: {shlex.join(self.argv)}\nlog {self.log_path}:\n{tail}"
         )
 
@@ -195,11 +192,35 @@ class ServerProcess:
         ----------
         timeout : Timeout, float or None
             The client's timeouts; default: the ones given to :func:`nahual.launch`.
+
+        Notes
+        -----
+        Should the server die, the requests in flight fail at once with a
+        :class:`~nahual.errors.TransportError` naming its exit status (or
+        signal) and its log (:meth:`exit_note`).
         """
-        kwargs: dict[str, Any] = {"timeout": self.timeout if timeout is None else timeout}
-        if self.token is not None:
-            kwargs["token"] = self.token
-        return Client(self.address, **kwargs)
+        limits = parse_timeout(self.timeout if timeout is None else timeout)
+        transport = NngTransport(self.address, limits.connect, describe_loss=self.exit_note)
+        return Client(timeout=limits, token=self.token, transport=transport)
+
+    def exit_note(self, wait: float = EXIT_WAIT) -> str:
+        """Why a connection to this server dropped, for error messages: how it exited, and its log.
+
+        Parameters
+        ----------
+        wait : float
+            Seconds to wait for the exit status (a dying process closes its sockets before it is reaped).
+        """
+        deadline = time.monotonic() + wait
+        while (code := self._peek()) is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if code is None:
+            how = "closed the connection and still runs"
+        elif code < 0:
+            how = f"was killed by {_signal_name(-code)}"
+        else:
+            how = f"exited with status {code}"
+        return f"server pid {self.pid} {how} (log: {self.log_path})"
 
     @property
     def returncode(self) -> int | None:
@@ -250,6 +271,10 @@ class ServerProcess:
                 self._log.close()
                 self._remove_files()
                 _LIVE.discard(self)
+                if self.record is not None:
+                    self.record.exit = self._process.returncode
+                    with contextlib.suppress(OSError):  # a post-mortem note, not worth failing a stop for
+                        self.record.save()
             return self._process.returncode
 
     close = stop
@@ -322,6 +347,14 @@ class ServerProcess:
 
     def __repr__(self) -> str:
         return f"<ServerProcess {self.backend.spec} {self.address} pid={self.pid} {self.state.value}>"
+
+
+def _signal_name(number: int) -> str:
+    """``SIGKILL`` for 9; the number itself for a signal Python does not name."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 @atexit.register

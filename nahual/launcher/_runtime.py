@@ -17,12 +17,10 @@ import stat
 import tempfile
 from pathlib import Path
 
+from .._nng import IPC_PATH_MAX
 from ..errors import ConfigError
 
 __all__ = ["IPC_PATH_MAX", "RuntimeFiles", "ipc_path", "private_ipc_address", "runtime_dir"]
-
-#: Longest socket path the kernel accepts (``sun_path`` is 108 bytes with its NUL).
-IPC_PATH_MAX = 107
 
 
 def runtime_dir() -> Path:
@@ -77,7 +75,7 @@ def private_ipc_address() -> str:
 
 
 class RuntimeFiles:
-    """The files that belong to one launched server: socket, ready file and log.
+    """The files that belong to one launched server: socket, ready file, log and record.
 
     Parameters
     ----------
@@ -109,6 +107,11 @@ class RuntimeFiles:
     def ready_file(self) -> Path:
         """File the server creates once it is bound and its preload is loaded."""
         return self.stem.with_name(self.stem.name + ".ready")
+
+    @property
+    def record_file(self) -> Path:
+        """What is known of the server (pid, environment, model, exit status), for ``nahual logs``."""
+        return self.stem.with_name(self.stem.name + ".json")
 
     @property
     def log_file(self) -> Path:

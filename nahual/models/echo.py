@@ -1,11 +1,14 @@
-"""The built-in ``echo`` model: returns its input unchanged (tests and benchmarks)."""
+"""The built-in ``echo`` model: returns its input unchanged (tests and benchmarks).
+
+Layer: model zoo.
+"""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
-from ..model import Contract, Model
+from ..model import Contract, Model, Param
 
 __all__ = ["Echo"]
 
@@ -14,11 +17,12 @@ class Echo(Model):
     """Return the payload as received, after sleeping ``delay_s`` seconds."""
 
     name = "echo"
-    contract = Contract(output="array", params={"delay_s": "seconds to sleep before answering (0)"})
+    contract = Contract(output="array")
+    param_spec = (Param("delay_s", 0.0, "seconds to sleep before answering", min=0),)
 
-    def load(self, delay_s: float = 0.0) -> None:
-        self.delay_s = float(delay_s)
-
-    def process(self, payload: Any, delay_s: float | None = None) -> Any:
-        time.sleep(self.delay_s if delay_s is None else float(delay_s))
+    def process(self, payload: Any, **params: Any) -> Any:
+        """Sleep ``delay_s`` (the call's, else the load's), then return ``payload`` itself."""
+        delay = self.merge_params(params, self.params)["delay_s"]
+        if delay:  # even sleep(0) gives up the thread: it would show in transport benchmarks
+            time.sleep(delay)
         return payload

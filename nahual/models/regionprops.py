@@ -23,11 +23,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import ContractError
-from ..model import Contract, Model
+from ..model import Contract, Model, Param
 
 __all__ = ["RegionProps"]
-
-DEFAULTS: dict[str, Any] = {"shape": True, "intensity": True, "channel_names": None, "spacing": None}
 
 SHAPE_2D = (
     "eccentricity",
@@ -56,15 +54,18 @@ class RegionProps(Model):
         output="features",
         tiling=False,
         halo=0,
-        params={
-            "shape": "add shape descriptors (true)",
-            "intensity": "add mean/min/max/std intensity per channel (true)",
-            "channel_names": "names used in intensity columns instead of c0, c1... (None)",
-            "spacing": "pixel size per spatial axis, for areas and lengths in physical units (None)",
-        },
     )
-
-    defaults = DEFAULTS
+    param_spec = (
+        Param("shape", True, "add shape descriptors"),
+        Param("intensity", True, "add mean/min/max/std intensity per channel"),
+        Param("channel_names", None, "names used in intensity columns instead of c0, c1...", type=(list, tuple)),
+        Param(
+            "spacing",
+            None,
+            "pixel size per spatial axis, for areas and lengths in physical units",
+            type=(list, tuple),
+        ),
+    )
 
     def process(self, payload: dict[str, Any], **params: Any) -> dict[str, Any]:
         """Measure one frame or a series; ``params`` override the load params for this call."""

@@ -26,25 +26,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import ContractError
-from ..model import Contract, Model
+from ..model import Contract, Model, Param
 
 __all__ = ["Threshold"]
-
-#: Load params and their defaults (tuned for fluorescence nuclei of 5-15 px radius).
-DEFAULTS: dict[str, Any] = {
-    "channel": 0,
-    "sigma": 1.0,
-    "background_radius": 0,
-    "method": "otsu",
-    "threshold": None,
-    "block_size": 51,
-    "offset": 0.0,
-    "fill_holes": True,
-    "min_size": 30,
-    "max_size": None,
-    "split": True,
-    "min_distance": 5,
-}
 
 GLOBAL_METHODS = ("otsu", "li", "yen", "triangle", "isodata", "mean")
 
@@ -62,31 +46,28 @@ class Threshold(Model):
         output="labels",
         tiling=True,
         halo=32,
-        params={
-            "channel": "index of the nuclear channel in a c axis (0)",
-            "sigma": "Gaussian smoothing in pixels, 0 for none (1.0)",
-            "background_radius": "half-width in pixels of the window that sees only background (a white "
-            "top-hat); wider than a nucleus, 0 for none (0)",
-            "method": f"threshold method: {', '.join(GLOBAL_METHODS)} or local (otsu)",
-            "threshold": "fixed threshold on the smoothed image; overrides method (None)",
-            "block_size": "odd window of the local threshold in pixels (51)",
-            "offset": "subtracted from the local threshold (0)",
-            "fill_holes": "fill holes inside objects (true)",
-            "min_size": "smallest object kept, in pixels (30)",
-            "max_size": "largest object kept, in pixels; None for no limit (None)",
-            "split": "split touching objects by distance-transform watershed (true)",
-            "min_distance": "least distance in pixels between two seeds of the watershed (5)",
-        },
     )
-
-    defaults = DEFAULTS
-
-    def merge_params(self, params: dict[str, Any], base: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The base merge, plus a check of ``method``."""
-        merged = super().merge_params(params, base)
-        if merged["method"] not in (*GLOBAL_METHODS, "local"):
-            raise ValueError(f"threshold method must be one of {(*GLOBAL_METHODS, 'local')}, got {merged['method']!r}")
-        return merged
+    # Defaults tuned for fluorescence nuclei of 5-15 px radius.
+    param_spec = (
+        Param("channel", 0, "index of the nuclear channel in a c axis", min=0),
+        Param("sigma", 1.0, "Gaussian smoothing in pixels, 0 for none", min=0),
+        Param(
+            "background_radius",
+            0,
+            "half-width in pixels of the window that sees only background (a white top-hat); "
+            "wider than a nucleus, 0 for none",
+            min=0,
+        ),
+        Param("method", "otsu", "threshold method", choices=(*GLOBAL_METHODS, "local")),
+        Param("threshold", None, "fixed threshold on the smoothed image; overrides method", type=float),
+        Param("block_size", 51, "odd window of the local threshold in pixels", min=3),
+        Param("offset", 0.0, "subtracted from the local threshold"),
+        Param("fill_holes", True, "fill holes inside objects"),
+        Param("min_size", 30, "smallest object kept, in pixels", min=0),
+        Param("max_size", None, "largest object kept, in pixels; null for no limit", type=int, min=0),
+        Param("split", True, "split touching objects by distance-transform watershed"),
+        Param("min_distance", 5, "least distance in pixels between two seeds of the watershed", min=1),
+    )
 
     def process(self, payload: dict[str, Any], **params: Any) -> dict[str, np.ndarray]:
         """Segment one frame (or tile); ``params`` override the load params for this call."""

@@ -52,7 +52,8 @@ class _Remote:
             with contextlib.suppress(NahualError, OSError):
                 self.server.stop()
             self._launch()
-        self.client = Client(self.address, timeout=self.timeout)
+        # A launched server's client names its exit signal and log should it die mid-request.
+        self.client = Client(self.address, timeout=self.timeout) if self.server is None else self.server.client()
         return self.client.load(self.model, **self.params)
 
     def _answers(self) -> bool:
@@ -121,7 +122,7 @@ def connect_workers(
     """
     params = dict(params or {})
     if local:
-        with LocalModel(model, params) as handle:
+        with LocalModel(model, params, timeout=Timeout(connect=None, request=timeout, startup=None)) as handle:
             yield [Worker(handle, "local", info=handle.info())]
         return
     if servers and env:

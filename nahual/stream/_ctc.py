@@ -17,7 +17,7 @@ import zarr
 
 from ..errors import ConfigError, ContractError
 from ..lineage import tracklets
-from ._stitch import lookup
+from ._stitch import recolour
 from ._tracks import read_tracks
 
 __all__ = ["export_ctc"]
@@ -72,10 +72,7 @@ def export_ctc(image: str | os.PathLike, outdir: str | os.PathLike, tracks: str 
     digits = max(3, len(str(frames - 1)))
     for frame in range(frames):
         here = nodes["t"] == frame
-        order = np.argsort(nodes["seg_id"][here], kind="stable")
-        values, ids = nodes["seg_id"][here][order], track[here][order]
-        known = lookup(values, np.asarray(masks[frame]))
-        out = np.where(known > 0, ids[np.maximum(known - 1, 0)], 0).astype(np.uint16)
+        out = recolour(np.asarray(masks[frame]), nodes["seg_id"][here], track[here]).astype(np.uint16)
         tifffile.imwrite(os.path.join(outdir, f"mask{frame:0{digits}d}.tif"), out)
     with open(os.path.join(outdir, "res_track.txt"), "w") as f:
         f.writelines(f"{label} {b} {e} {p}\n" for label, b, e, p in rows)

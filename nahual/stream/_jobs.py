@@ -3,33 +3,62 @@
 Zarr streaming layer. :func:`make_job` resolves the inputs (an image, a label
 image, or both), checks them against the model's contract and plans the
 blocks, all before the first request, so that a mismatch the user can fix is
-reported at once. :func:`open_job` rebuilds a job from its recorded state,
-for ``nahual stitch``.
+reported at once: a zero-size input, or complex or boolean pixels for a model
+that declares a real dtype, are refused there. :func:`open_job` rebuilds a
+job from its recorded state, for ``nahual stitch`` and ``nahual verify``.
+The writer of each output kind is the :class:`Sink` subclass that
+:data:`SINKS` maps it to.
 """
 
 from __future__ import annotations
 
 import datetime
+import functools
 import os
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any, Protocol
 
+import numpy as np
 import zarr
 
 from ..errors import ConfigError, ContractError
 from ..model import OUTPUT_KINDS, Contract
 from ._labels import LabelSink
 from ._ome import Source, Target, open_source
+from ._options import StreamOptions
 from ._payload import build_payload
-from ._plan import Block, Plan, make_plan, parse_shard, parse_tile
-from ._resume import RunState
-from ._tables import TableSink
+from ._plan import Block, Plan, make_plan
+from ._resume import RunState, input_stamp
+from ._sink import Sink
+from ._tables import EmbeddingSink, FeatureSink
 from ._tracksink import TrackSink
 
-__all__ = ["STREAM_KINDS", "Job", "make_job", "open_job"]
+__all__ = ["SINKS", "STREAM_KINDS", "Handle", "Job", "make_job", "open_job"]
+
+#: The writer of each output kind the streaming layer can write.
+SINKS: dict[str, type[Sink]] = {
+    "labels": LabelSink,
+    "tracks": TrackSink,
+    "features": FeatureSink,
+    "embeddings": EmbeddingSink,
+}
 
 #: Output kinds the streaming layer can write.
-STREAM_KINDS = ("labels", "tracks", "features", "embeddings")
+STREAM_KINDS = tuple(SINKS)
+
+
+class Handle(Protocol):
+    """What a run needs of a model handle (``Client.load``'s, or an in-process one)."""
+
+    contract: Contract
+    model: str
+    params: dict[str, Any]
+
+    def submit(self, payload: Any) -> Future:
+        """Start processing one payload; the future holds the result or the error."""
+        ...
 
 
 @dataclass
@@ -43,7 +72,7 @@ class Job:
     shard: tuple[int, int]
     state: RunState
     target: Target
-    sink: Any
+    sink: Sink
     image: zarr.Array | None = None
     labels: zarr.Array | None = None
 
@@ -52,26 +81,13 @@ class Job:
         return build_payload(self.contract, self.plan, block, self.image, self.labels)
 
 
+@functools.cache
 def _version() -> str:
+    """nahual's installed version, for provenance (looked up once: the lookup reads package metadata)."""
     try:
-        from .. import __version__
-
-        return str(__version__)
-    except ImportError:
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            return version("nahual")
-        except PackageNotFoundError:
-            return "unknown"
-
-
-def _sink(kind: str, target: Target, plan: Plan, state: RunState, labels: zarr.Array | None) -> Any:
-    if kind == "labels":
-        return LabelSink(target, plan, state)
-    if kind == "tracks":
-        return TrackSink(target, plan, state, labels)
-    return TableSink(target, plan, state, kind)
+        return version("nahual")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _inputs(
@@ -94,44 +110,73 @@ def _inputs(
     return source, source.array if wants_image else None, label_array
 
 
+def _check_pixels(contract: Contract, source: Source, image: zarr.Array | None) -> None:
+    """Refuse, before any state, an input with nothing in it, or pixels the model's dtype would silently change.
+
+    Raises
+    ------
+    ContractError
+        Naming the input, its shape or dtype, and what the model takes.
+    """
+    if 0 in source.shape:
+        raise ContractError(
+            f"{source.path} has a zero-size dimension (shape {source.shape}, axes {source.axes!r}): nothing to process"
+        )
+    if image is None or not contract.dtype:
+        return
+    have, want = np.dtype(image.dtype), np.dtype(contract.dtype)
+    if have.kind == "c" and want.kind != "c":
+        raise ContractError(
+            f"{source.path} is complex ({have}) but the model takes {want}: the imaginary part would be dropped; "
+            "write the part you mean (real, imaginary or magnitude) as an image first"
+        )
+    if have.kind == "b" and want.kind != "b":
+        raise ContractError(
+            f"{source.path} is boolean but the model takes {want}: a mask is not an image; "
+            "write it as uint8 first if it is what the model should see"
+        )
+
+
 def make_job(
-    handle: Any,
+    handle: Handle,
     input: str | os.PathLike,
     output: str,
+    options: StreamOptions,
     *,
     kind: str | None,
     axes: str | None,
-    level: int,
     labels: str | None,
-    tile: str | dict[str, int] | None,
-    halo: int | None,
-    channel: int | None,
-    shard: str | tuple[int, int] | None,
     info: dict[str, Any] | None,
 ) -> Job:
-    """Open the input, check it against the model, plan it, and record (or check) the run."""
+    """Open the input, check it against the model, plan it, and record (or check) the run.
+
+    ``options`` gives the level read, the plan's tile, halo and channel, and the shard.
+    """
     contract: Contract = handle.contract
     kind = kind or contract.output
     if kind not in STREAM_KINDS:
         choice = f"one of {STREAM_KINDS}" if kind in OUTPUT_KINDS else f"one of {STREAM_KINDS}, got {kind!r}"
-        raise ConfigError(f"--kind must be {choice} (the model declares {contract.output!r})")
+        raise ConfigError(f"kind must be {choice} (the model declares {contract.output!r})")
+    level = options.level
     source = open_source(input, axes=axes, level=level)
     primary, image, label_array = _inputs(contract, source, labels, level)
+    _check_pixels(contract, primary, image)
     if image is not None and label_array is not None:
         want = tuple(n for a, n in zip(primary.axes, primary.shape, strict=True) if a != "c")
         if tuple(label_array.shape) != want:
             raise ContractError(f"labels have shape {tuple(label_array.shape)} but the image needs {want}")
     chunks = tuple(primary.array.chunks)
-    plan = make_plan(contract, kind, primary.axes, primary.shape, chunks, parse_tile(tile), halo, channel)
+    plan = make_plan(contract, kind, primary.axes, primary.shape, chunks, options)
     target = primary.target()
-    state = RunState(target.image_path, output, target.zarr_format)
+    sink_class = SINKS[kind]
+    state = RunState(target.image_path, output, target.zarr_format, sink_class.folder)
     identity = {
         "model": handle.model,
         "params": dict(handle.params),
         "kind": kind,
         "plan": plan.to_dict(),
         "level": level,
-        "input": source.label_name or "",
+        "input": os.path.relpath(source.path, source.image_path),
         "labels": labels or "",
         "scale": list(target.scale),
         "zarr_format": target.zarr_format,
@@ -149,26 +194,33 @@ def make_job(
         "tile": plan.tile,
         "halo": plan.halo,
         "level": level,
-        "channel": channel,
+        "channel": plan.channel,
         "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
-    sink = _sink(kind, target, plan, state, label_array)
+    sink = sink_class(target, plan, state, label_array)
     sink.check()  # before anything is written
-    state.begin(identity, provenance)
-    sink.prepare()
+    state.begin(identity, provenance, [input_stamp(a) for a in (image, label_array) if a is not None])
+    if state.final() is None:
+        sink.prepare()
     blocks = plan.blocks()
-    index, count = parse_shard(shard)
+    index, count = options.shard
     mine = [b for b in blocks if b.index % count == index]
     return Job(contract, plan, blocks, mine, (index, count), state, target, sink, image, label_array)
 
 
 def open_job(image_path: str, name: str) -> Job:
-    """Rebuild a job from the state recorded by :func:`make_job` (to finish it)."""
+    """Rebuild a job from the state recorded by :func:`make_job` (to finish it, or to verify its blocks).
+
+    Raises
+    ------
+    ConfigError
+        When no run of ``name`` has state (never started, or complete).
+    """
     probe = RunState(image_path, name)
     identity = probe.identity()
     if identity is None:
-        raise ConfigError(f"no run of {name!r} was started in {image_path}")
-    state = RunState(image_path, name, identity["zarr_format"])
+        raise ConfigError(f"no run of {name!r} was started in {image_path} (no run state in {probe.path})")
+    state = RunState(image_path, name, identity["zarr_format"], SINKS[identity["kind"]].folder)
     p = identity["plan"]
     plan = Plan(
         p["axes"],
@@ -182,6 +234,5 @@ def open_job(image_path: str, name: str) -> Job:
     )
     target = Target(image_path, identity["zarr_format"], tuple(identity["scale"]))
     blocks = plan.blocks()
-    return Job(
-        Contract(), plan, blocks, blocks, (0, 1), state, target, _sink(identity["kind"], target, plan, state, None)
-    )
+    sink = SINKS[identity["kind"]](target, plan, state)
+    return Job(Contract(), plan, blocks, blocks, (0, 1), state, target, sink)

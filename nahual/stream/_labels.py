@@ -1,12 +1,13 @@
 """The labels output: per-block intermediate ids, then stitching into ``IMAGE/labels/NAME``.
 
 Zarr streaming layer. While a run goes, each block's core is written to the
-intermediate array ``IMAGE/.nahual/NAME/raw`` with ids ``offset + 1 ..``
+intermediate array ``raw`` of the run's state with ids ``offset + 1 ..``
 (offsets from the plan, so a resumed or sharded run writes the same ids), and
-the block's view of its halo goes into its completion record. Finishing reads
-those halos against what the neighbours wrote, merges objects that overlap,
-and writes the final label image block by block. Finishing again gives the
-same image: it reads only the intermediate data.
+the block's view of its halo goes into its completion record, with the digest
+of the core it wrote. Finishing reads those halos against what the neighbours
+wrote, merges objects that overlap, and writes the final label image block by
+block, checking each core against its digest. Finishing again gives the same
+image: it reads only the intermediate data.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from typing import Any
 import numpy as np
 import zarr
 
-from ._ome import Target, add_label_levels, create_label_array, image_group
+from ..errors import BlockError, ContractError
+from ._integrity import compressors, digest, read
+from ._omewrite import add_label_levels
 from ._payload import result_labels
 from ._plan import Block, Plan
-from ._resume import RunState
+from ._sink import FINISHER, REDO, Sink
 from ._stitch import Relabel, UnionFind, compact_labels, lookup, overlap_pairs
 
 __all__ = ["LabelSink", "block_offsets"]
@@ -47,25 +50,23 @@ def _window_box(plan: Plan, block: Block) -> tuple[tuple[slice, ...], tuple[slic
     return tuple(box), tuple(core)
 
 
+def _core_box(plan: Plan, block: Block) -> tuple[slice, ...]:
+    """The block's core in output coordinates."""
+    return tuple(slice(block.start[plan.axes.index(a)], block.stop[plan.axes.index(a)]) for a in plan.out_axes)
+
+
 @dataclass
-class LabelSink:
+class LabelSink(Sink):
     """Writes label results of one run and stitches them at the end.
 
     Parameters
     ----------
-    target : Target
-        Where ``labels/NAME`` goes.
-    plan : Plan
-        The run's blocks.
-    state : RunState
-        The output's state folder.
+    target, plan, state, labels
+        As for :class:`Sink` (``labels`` is not used).
     min_overlap : float
         Passed to :func:`overlap_pairs`.
     """
 
-    target: Target
-    plan: Plan
-    state: RunState
     min_overlap: float = 0.5
 
     def __post_init__(self) -> None:
@@ -76,7 +77,7 @@ class LabelSink:
         self._raw: zarr.Array | None = None
 
     def check(self) -> None:
-        """Nothing to check beyond the plan."""
+        """Any plan will do: tiles are stitched, iterated axes written one index at a time."""
 
     def prepare(self) -> None:
         """Create the intermediate array (or open it, when resuming or sharing with other shards)."""
@@ -89,6 +90,7 @@ class LabelSink:
                 dtype=self.dtype,
                 fill_value=0,
                 zarr_format=self.target.zarr_format,
+                compressors=compressors(self.target.zarr_format),
             )
         except zarr.errors.ContainsArrayError:
             self._raw = zarr.open_array(path, mode="r+")
@@ -107,45 +109,65 @@ class LabelSink:
             _, core_in_window = _window_box(self.plan, block)
             view[core_in_window] = 0
             arrays = {"view": view.astype(self.dtype)}
-        self.state.record(block.index, {"offset": offset, "count": int(values.size)}, arrays)
+        self.state.record(block.index, {"offset": offset, "count": int(values.size)}, arrays, data=ids)
+
+    def _intermediate(self) -> zarr.Array:
+        if self._raw is None:
+            self._raw = zarr.open_array(self.state.raw_path(), mode="r")
+        return self._raw
+
+    def _core_damage(self, block: Block, core: np.ndarray) -> str | None:
+        want, got = self.state.info(block.index).get("digest"), digest(core)
+        return None if want in (None, got) else f"its intermediate labels have {got}, recorded {want}"
+
+    def damage(self, block: Block) -> str | None:
+        """Side data as in :meth:`Sink.damage`, and the block's core in the intermediate array against its digest."""
+        side = super().damage(block)
+        if side is not None:
+            return side
+        try:
+            core = read(self._intermediate(), _core_box(self.plan, block), "the intermediate labels", REDO)
+        except (FileNotFoundError, zarr.errors.NodeNotFoundError):
+            return f"the intermediate labels {self.state.raw_path()} are missing"
+        except ContractError as exc:  # a chunk that does not decode
+            return str(exc)
+        return self._core_damage(block, core)
 
     def _merges(self, raw: zarr.Array) -> dict[int, int]:
         union = UnionFind()
         for block in self.blocks:
-            view = self.state.arrays(block.index).get("view")
+            view = self.side_arrays(block).get("view")
             if view is None or not view.any():
                 continue
             box, core = _window_box(self.plan, block)
-            stored = np.asarray(raw[box])
+            stored = read(raw, box, "the intermediate labels", REDO)
             stored[core] = 0
             for a, b in overlap_pairs(view, stored, self.min_overlap).tolist():
                 union.union(a, b)
         return union.merged()
 
-    def finalize(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        """Stitch: merge across faces, write ``labels/NAME`` with ids 1..N, record the count."""
-        raw = zarr.open_array(self.state.raw_path(), mode="r")
+    def finalize(self, provenance: dict[str, Any]) -> dict[str, Any]:
+        """Stitch: merge across faces, write ``labels/NAME`` with ids 1..N, record the count.
+
+        Raises
+        ------
+        BlockError
+            Naming the first block whose recorded data is damaged (the output is then not complete).
+        """
+        raw = self._intermediate()
         counts = [self.state.info(b.index)["count"] for b in self.blocks]
         relabel = Relabel(np.array(self.offsets), np.array(counts), self._merges(raw))
         dtype = np.uint32 if relabel.count < np.iinfo(np.uint32).max else np.uint64
-        keep = [i for i, a in enumerate(self.plan.axes) if a != "c"]
-        final = create_label_array(
-            image_group(self.target.image_path),
-            self.state.name,
-            self.plan.out_axes,
-            self.plan.out_shape,
-            self.plan.out_chunks,
-            dtype,
-            tuple(self.target.scale[i] for i in keep),
-        )
+        final = self.create_label_image(dtype)
         for block in self.blocks:
-            box = tuple(
-                slice(block.start[self.plan.axes.index(a)], block.stop[self.plan.axes.index(a)])
-                for a in self.plan.out_axes
-            )
-            final[box] = relabel(np.asarray(raw[box])).astype(dtype)
-        levels = add_label_levels(self.target.image_path, self.state.name)
+            box = _core_box(self.plan, block)
+            core = read(raw, box, "the intermediate labels", REDO)
+            damage = self._core_damage(block, core)
+            if damage is not None:
+                raise BlockError(self.plan.describe(block), FINISHER, f"{damage}; {REDO}")
+            final[box] = relabel(core).astype(dtype)
+        levels = add_label_levels(self.target.image_path, self.name)
         summary = {"objects": relabel.count, "merged": int(relabel.nonroot.size), "levels": levels}
-        group = zarr.open_group(os.path.join(self.target.image_path, "labels", self.state.name), mode="r+")
-        group.attrs.update({"nahual": {**attrs, **summary}})
+        group = zarr.open_group(os.path.join(self.target.image_path, "labels", self.name), mode="r+")
+        group.attrs.update({"nahual": {**provenance, **summary}})
         return summary

@@ -1,32 +1,30 @@
-"""``LocalModel``: run a model in this process behind the same interface as a client's model handle.
+"""``LocalModel``: a model in this process, reached through the same handler and client as a server's.
 
 Zarr streaming layer. Used by ``nahual apply --local`` (debugging, and the
-baseline of ``benchmarks/stream.py``): one instance, ``load`` once, ``process``
-in one worker thread so that reading and writing overlap with the model as they
-do with a server.
+baseline of ``benchmarks/stream.py``). A :class:`LocalModel` is a real
+:class:`~nahual.ModelHandle` on a :class:`~nahual.Client` whose transport is an
+:class:`~nahual.client.InProcessTransport` around its own
+:class:`~nahual.server.RequestHandler`: requests are encoded, answered and
+decoded exactly as by a server, so local and served runs cannot drift apart.
+The model runs in the transport's threads, so that reading and writing
+overlap with it as they do with a server.
 """
 
 from __future__ import annotations
 
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from ..model import Contract, Model
+from .._config import Timeout
+from ..client import Client, InProcessTransport, ModelHandle
+from ..model import Model
+from ..registry import resolve_model
+from ..server import RequestHandler
 
-__all__ = ["LocalModel", "resolve_model"]
-
-
-def resolve_model(name: str | type[Model]) -> type[Model]:
-    """A model class from a class, a registry name or ``module:Class``."""
-    if isinstance(name, type):
-        return name
-    from ..registry import resolve_model as registry_resolve
-
-    return registry_resolve(name)
+__all__ = ["LocalModel"]
 
 
-class LocalModel:
-    """A model loaded in this process, with a model handle's ``submit``.
+class LocalModel(ModelHandle):
+    """A model loaded in this process, behind a real model handle (a context manager).
 
     Parameters
     ----------
@@ -34,33 +32,41 @@ class LocalModel:
         The model class, its registry name or ``module:Class``.
     params : dict, optional
         Load params.
+    timeout : Timeout, float or None
+        Limits of its client (default: none, as the model runs here).
+
+    Raises
+    ------
+    ConfigError
+        When the model is unknown.
+    RemoteError
+        When the model's ``load`` fails (as it would on a server).
     """
 
-    def __init__(self, model: str | type[Model], params: dict[str, Any] | None = None) -> None:
-        cls = resolve_model(model)
-        self.params: dict[str, Any] = dict(params or {})
-        self.model: str = model if isinstance(model, str) else cls.name or cls.__name__
-        self.contract: Contract = cls.contract
-        self._instance = cls()
-        self._instance.load(**self.params)
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"nahual-local-{self.model}")
-
-    def submit(self, payload: Any, **params: Any) -> Future:
-        """Run ``process`` in the worker thread; the future holds the result or the exception."""
-        return self._pool.submit(self._instance.process, payload, **params)
-
-    def __call__(self, payload: Any, **params: Any) -> Any:
-        """Process one payload and wait for the result."""
-        return self.submit(payload, **params).result()
+    def __init__(
+        self, model: str | type[Model], params: dict[str, Any] | None = None, *, timeout: Timeout | float | None = None
+    ) -> None:
+        cls = model if isinstance(model, type) else resolve_model(model)
+        name = model if isinstance(model, str) else cls.name or cls.__name__
+        self._handler = RequestHandler(models={name: cls})
+        client = Client(transport=InProcessTransport(self._handler), timeout=timeout)
+        try:
+            super().__init__(client, client.request("load", dict(params or {}), model=name, replica=0))
+        except BaseException:
+            self._release(client)
+            raise
 
     def info(self) -> dict[str, Any]:
-        """What a server's ``info`` would say about this in-process model."""
-        return {"local": True, "model": self.model, "contract": self.contract.to_dict()}
+        """What a server's ``info`` says, for this process (provenance)."""
+        return self.client.info()
 
     def close(self) -> None:
-        """Stop the worker thread and release the model."""
-        self._pool.shutdown(wait=True)
-        self._instance.close()
+        """Stop the worker threads and release the model (idempotent)."""
+        self._release(self.client)
+
+    def _release(self, client: Client) -> None:
+        client.close()
+        self._handler.close()
 
     def __enter__(self) -> LocalModel:
         return self

@@ -1,11 +1,10 @@
-"""OME-Zarr (NGFF 0.4 and 0.5) metadata: open an input, write images and label images.
+"""OME-Zarr (NGFF 0.4 and 0.5) metadata and inputs: open an image, a label image or a plain array.
 
-Zarr streaming layer. NGFF 0.5 lives in Zarr v3 stores under the ``ome`` attribute;
-0.4 lives in Zarr v2 stores at the top level of the attributes. Outputs are written
-in the version of the store they go into, so one store never mixes Zarr formats.
-The metadata is written by hand rather than with ``ome-zarr`` (whose
-``write_labels`` leaves ``ome.version`` out of the labels group); the tests
-validate it with ``ome-zarr-models``.
+Zarr streaming layer, reading side (``_omewrite`` writes). NGFF 0.5 lives in
+Zarr v3 stores under the ``ome`` attribute; 0.4 lives in Zarr v2 stores at the
+top level of the attributes. :class:`Source` is an input to stream,
+:class:`Target` the image group its outputs go into, in the store's own Zarr
+format, so that one store never mixes formats.
 """
 
 from __future__ import annotations
@@ -14,24 +13,23 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import zarr
 
-from ..errors import ConfigError, ContractError
-from ._pyramid import add_levels, image_level_steps
+from ..errors import ConfigError
 
 __all__ = [
     "AXIS_TYPES",
     "Source",
     "Target",
-    "add_label_levels",
-    "create_label_array",
+    "axis_names",
+    "dataset_scale",
     "image_group",
     "ngff_version",
+    "ome_attrs",
+    "open_multiscale",
     "open_source",
+    "output_group",
     "parse_axes",
-    "write_image",
-    "write_labels",
 ]
 
 #: The axis names nahual knows, with their NGFF axis type.
@@ -121,57 +119,72 @@ def ngff_version(zarr_format: int) -> str:
     return "0.5" if zarr_format == 3 else "0.4"
 
 
-def _ome_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
+def ome_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
     """The OME metadata of a group, whichever version wrote it."""
     ome = attrs.get("ome")
     return dict(ome) if isinstance(ome, dict) else dict(attrs)
 
 
-def _scale_of(dataset: dict[str, Any], ndim: int) -> tuple[float, ...]:
+def dataset_scale(dataset: dict[str, Any], ndim: int) -> tuple[float, ...]:
+    """The pixel size of one multiscales dataset (level), 1.0 per axis when it declares none."""
     for transform in dataset.get("coordinateTransformations", []):
         if transform.get("type") == "scale":
             return tuple(float(s) for s in transform["scale"])
     return (1.0,) * ndim
 
 
-def _axis_names(multiscale: dict[str, Any]) -> str:
+def axis_names(multiscale: dict[str, Any]) -> str:
     """The axes of a multiscales entry as letters (NGFF 0.3 lists plain names)."""
     return "".join(a["name"] if isinstance(a, dict) else str(a) for a in multiscale.get("axes", []))
 
 
-def _open_multiscale(group: zarr.Group, path: str, axes: str | None, level: int) -> tuple[zarr.Array, str, tuple]:
-    ome = _ome_attrs(dict(group.attrs))
+def open_multiscale(group: zarr.Group, path: str, axes: str | None, level: int) -> tuple[zarr.Array, str, tuple]:
+    """One level of a multiscales group: the array, its axes and its pixel size.
+
+    Raises
+    ------
+    ConfigError
+        When the metadata is missing or malformed, the axes disagree, or the level does not exist.
+    """
+    ome = ome_attrs(dict(group.attrs))
     multiscales = ome.get("multiscales")
     if not multiscales:
         raise ConfigError(
             f"{path} is a Zarr group without OME-Zarr multiscales metadata; give the path of an array and --axes"
         )
     meta = multiscales[0]
-    names = _axis_names(meta)
+    names = axis_names(meta)
     if not names:
         if axes is None:
             raise ConfigError(f"{path} has no axes in its multiscales metadata; give them with --axes, e.g. tczyx")
         names = axes
     elif axes is not None and parse_axes(axes) != names:
         raise ConfigError(f"--axes {axes!r} disagrees with the axes {names!r} in the metadata of {path}")
-    datasets = meta["datasets"]
+    datasets = meta.get("datasets") or []
     if not 0 <= level < len(datasets):
         raise ConfigError(f"level {level} does not exist in {path}: it has levels 0..{len(datasets) - 1}")
-    array = group[datasets[level]["path"]]
+    try:
+        array = group[datasets[level]["path"]]
+    except KeyError as exc:
+        raise ConfigError(f"level {level} of {path} names no array of the group ({datasets[level]!r})") from exc
     names = parse_axes(names, array.ndim)
-    return array, names, _scale_of(datasets[level], array.ndim)
+    return array, names, dataset_scale(datasets[level], array.ndim)
 
 
 def open_source(path: str | os.PathLike, axes: str | None = None, level: int = 0) -> Source:
     """Open an OME-Zarr image, an OME-Zarr label image or a plain Zarr array.
 
+    The outputs of a plain array go into the group that holds it, so
+    ``ARRAY/labels/NAME`` names the label image ``NAME`` made from ``ARRAY``
+    (in that group's ``labels/``), as it does for an image.
+
     Parameters
     ----------
     path : str or path-like
-        ``IMAGE`` (a multiscales group), ``IMAGE/labels/NAME`` or the path of an array.
+        ``IMAGE`` (a multiscales group), ``IMAGE/labels/NAME``, the path of an array, or ``ARRAY/labels/NAME``.
     axes : str, optional
         Axes of a plain array (its ``dimension_names`` are used otherwise); for
-        OME-Zarr, only checked against the metadata.
+        OME-Zarr, only checked against the metadata (a label image has its image's axes without ``c``).
     level : int
         Resolution level of a multiscales group.
 
@@ -180,14 +193,17 @@ def open_source(path: str | os.PathLike, axes: str | None = None, level: int = 0
     ConfigError
         When the path holds nothing Zarr, no axes are known, or the level is missing.
     """
-    path = os.fspath(path).rstrip("/")
+    path = _labels_of_array(os.fspath(path).rstrip("/"))
     try:
         node = zarr.open(store=path, mode="r")
     except (FileNotFoundError, zarr.errors.NodeNotFoundError) as exc:
         raise ConfigError(f"no Zarr array or group at {path}") from exc
     if isinstance(node, zarr.Group):
-        array, names, scale = _open_multiscale(node, path, axes, level)
-        ome = _ome_attrs(dict(node.attrs))
+        ome = ome_attrs(dict(node.attrs))
+        if "image-label" in ome and axes is not None:
+            names = axis_names((ome.get("multiscales") or [{}])[0])
+            axes = None if parse_axes(axes).replace("c", "") == names else axes
+        array, names, scale = open_multiscale(node, path, axes, level)
         if "image-label" in ome:
             labels_dir = os.path.dirname(path)
             if os.path.basename(labels_dir) != "labels":
@@ -210,11 +226,39 @@ def open_source(path: str | os.PathLike, axes: str | None = None, level: int = 0
     return Source(node, names, (1.0,) * node.ndim, parent, None, path)
 
 
-def _is_group(path: str) -> bool:
+def _node(path: str) -> zarr.Array | zarr.Group | None:
     try:
-        return isinstance(zarr.open(store=path, mode="r"), zarr.Group)
+        return zarr.open(store=path, mode="r")
     except (FileNotFoundError, zarr.errors.NodeNotFoundError):
-        return False
+        return None
+
+
+def _is_group(path: str) -> bool:
+    return isinstance(_node(path), zarr.Group)
+
+
+def _labels_of_array(path: str) -> str:
+    """``ARRAY/labels/NAME`` of a plain array as the path of that label image (in the array's group)."""
+    head, name = os.path.split(path)
+    array, folder = os.path.split(head)
+    if folder != "labels" or os.path.exists(path) or not isinstance(_node(array), zarr.Array):
+        return path
+    return os.path.join(os.path.dirname(array), "labels", name)
+
+
+def output_group(path: str | os.PathLike) -> str:
+    """The image group the outputs of an input go into: the group itself, or the group holding a plain array.
+
+    Raises
+    ------
+    ConfigError
+        When the path holds nothing Zarr.
+    """
+    path = os.fspath(path).rstrip("/")
+    node = _node(path)
+    if node is None:
+        raise ConfigError(f"no Zarr array or group at {path}")
+    return os.path.dirname(path) if isinstance(node, zarr.Array) else path
 
 
 def image_group(image_path: str | os.PathLike, mode: str = "a") -> zarr.Group:
@@ -223,231 +267,3 @@ def image_group(image_path: str | os.PathLike, mode: str = "a") -> zarr.Group:
         return zarr.open_group(os.fspath(image_path), mode=mode)
     except (FileNotFoundError, zarr.errors.NodeNotFoundError, zarr.errors.ContainsArrayError) as exc:
         raise ConfigError(f"no Zarr group at {image_path}") from exc
-
-
-def _multiscale(axes: str, scale: tuple[float, ...], name: str, version: str) -> dict[str, Any]:
-    meta: dict[str, Any] = {
-        "axes": [{"name": a, "type": AXIS_TYPES[a]} for a in axes],
-        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": list(scale)}]}],
-        "name": name,
-    }
-    if version == "0.4":
-        meta = {"version": "0.4", **meta}
-    return meta
-
-
-def _set_ome(group: zarr.Group, version: str, ome: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
-    """Write OME metadata in the layout of ``version``, plus nahual's own keys."""
-    attrs = {"ome": {"version": version, **ome}} if version == "0.5" else dict(ome)
-    if extra:
-        attrs.update(extra)
-    group.attrs.update(attrs)
-
-
-def _default_chunks(axes: str, shape: tuple[int, ...]) -> tuple[int, ...]:
-    return tuple(min(n, 1024) if a in "yx" else 1 for a, n in zip(axes, shape, strict=True))
-
-
-def write_image(
-    path: str | os.PathLike,
-    data: np.ndarray,
-    axes: str,
-    scale: tuple[float, ...] | list[float] | None = None,
-    chunks: tuple[int, ...] | None = None,
-    overwrite: bool = False,
-    levels: int = 1,
-) -> str:
-    """Write an array as an OME-Zarr 0.5 image (Zarr v3).
-
-    Parameters
-    ----------
-    path : str or path-like
-        The new image group.
-    data : numpy.ndarray
-        Pixels, with one dimension per letter of ``axes``.
-    axes : str
-        NGFF order, e.g. ``"tczyx"`` or ``"tyx"``.
-    scale : sequence of float, optional
-        Pixel size per axis (1.0 each by default).
-    chunks : tuple of int, optional
-        Chunk shape; by default 1 along t, c and z and up to 1024 along y and x.
-    overwrite : bool
-        Replace an existing store instead of refusing.
-    levels : int
-        Resolution levels: each one after the first takes every second pixel
-        along y and x of the one before (nearest neighbour, like label levels).
-
-    Returns
-    -------
-    str
-        ``path``, for chaining.
-    """
-    if levels < 1:
-        raise ConfigError(f"an image needs at least 1 level, got levels={levels}")
-    data = np.asarray(data)
-    axes = parse_axes(axes, data.ndim)
-    if list(axes) != sorted(axes, key="tczyx".index):
-        raise ConfigError(f"OME-Zarr axes must be in t, c, z, y, x order, got {axes!r}")
-    scale = tuple(float(s) for s in scale) if scale is not None else (1.0,) * data.ndim
-    if len(scale) != data.ndim:
-        raise ConfigError(f"scale has {len(scale)} values for {data.ndim} axes {axes!r}")
-    path = os.fspath(path)
-    try:
-        group = zarr.open_group(path, mode="w" if overwrite else "w-", zarr_format=3)
-    except (zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError, FileExistsError) as exc:
-        raise ConfigError(f"{path} exists already; pass overwrite=True to replace it") from exc
-    _set_ome(group, "0.5", {"multiscales": [_multiscale(axes, scale, os.path.basename(path), "0.5")]})
-    array = group.create_array(
-        "0",
-        shape=data.shape,
-        dtype=data.dtype,
-        chunks=chunks or _default_chunks(axes, data.shape),
-        dimension_names=list(axes),
-    )
-    array[...] = data
-    factors = tuple(2 if a in "yx" else 1 for a in axes)
-    steps, level_scale = [], scale
-    for _ in range(levels - 1):
-        level_scale = tuple(s * f for s, f in zip(level_scale, factors, strict=True))
-        steps.append((factors, [{"type": "scale", "scale": list(level_scale)}]))
-    _append_datasets(group, "0.5", add_levels(group, steps, _array_options("0.5", axes)))
-    return path
-
-
-def _array_options(version: str, axes: str) -> dict[str, Any]:
-    """Options of ``create_array`` that NGFF ``version`` asks for."""
-    if version == "0.5":
-        return {"dimension_names": list(axes)}
-    return {"chunk_key_encoding": {"name": "v2", "separator": "/"}}
-
-
-def _append_datasets(group: zarr.Group, version: str, datasets: list[dict[str, Any]]) -> None:
-    """List further levels in a group's multiscales metadata."""
-    if not datasets:
-        return
-    ome = _ome_attrs(dict(group.attrs))
-    meta = dict(ome["multiscales"][0])
-    meta["datasets"] = [*meta["datasets"], *datasets]
-    _set_ome(group, version, {**ome, "multiscales": [meta]})
-
-
-def add_label_levels(image_path: str | os.PathLike, name: str) -> int:
-    """Give ``labels/NAME`` the coarser levels of its image, picked from its level 0.
-
-    Viewers then show labels and image at the same zoom levels. Levels are
-    added while the image's levels are whole-number steps apart (every 2nd
-    pixel, say); a label image that matches no level of its image keeps one.
-
-    Returns
-    -------
-    int
-        The number of levels the label image has now.
-    """
-    image = image_group(image_path)
-    image_meta = (_ome_attrs(dict(image.attrs)).get("multiscales") or [{}])[0]
-    image_axes = _axis_names(image_meta)
-    group = image[f"labels/{name}"]
-    level0 = group["0"]
-    if not image_axes or len(image_axes) - ("c" in image_axes) != level0.ndim:
-        return 1
-    keep = [i for i, a in enumerate(image_axes) if a != "c"]
-    ome = _ome_attrs(dict(group.attrs))
-    scale = _scale_of(ome["multiscales"][0]["datasets"][0], level0.ndim)
-    steps = image_level_steps(image_meta, image, keep, tuple(level0.shape), scale)
-    version = ngff_version(int(image.metadata.zarr_format))
-    _append_datasets(group, version, add_levels(group, steps, _array_options(version, image_axes.replace("c", ""))))
-    return 1 + len(steps)
-
-
-def create_label_array(
-    image: zarr.Group,
-    name: str,
-    axes: str,
-    shape: tuple[int, ...],
-    chunks: tuple[int, ...],
-    dtype: str | np.dtype,
-    scale: tuple[float, ...],
-    attrs: dict[str, Any] | None = None,
-) -> zarr.Array:
-    """Create (or replace) ``labels/NAME`` in an image group with image-label metadata.
-
-    The label list of ``labels/`` gains ``name``. ``attrs`` go into the label
-    group's attributes under ``"nahual"`` (provenance).
-    """
-    version = ngff_version(int(image.metadata.zarr_format))
-    labels = image.require_group("labels")
-    group = labels.create_group(name, overwrite=True)
-    _set_ome(
-        group,
-        version,
-        {
-            "multiscales": [_multiscale(axes, scale, name, version)],
-            "image-label": {"source": {"image": "../../"}, **({"version": "0.4"} if version == "0.4" else {})},
-        },
-        {"nahual": attrs} if attrs else None,
-    )
-    array = group.create_array(
-        "0", shape=shape, dtype=dtype, chunks=chunks, fill_value=0, **_array_options(version, axes)
-    )
-    known = list(_ome_attrs(dict(labels.attrs)).get("labels", []))
-    _set_ome(labels, version, {"labels": known + ([name] if name not in known else [])})
-    return array
-
-
-def _image_layout(image: zarr.Group) -> tuple[str, tuple[int, ...], tuple[int, ...], tuple[float, ...]]:
-    """Axes, shape, chunks and scale of an image group's level 0."""
-    array, axes, scale = _open_multiscale(image, str(image.store_path), None, 0)
-    return axes, tuple(array.shape), tuple(array.chunks), scale
-
-
-def write_labels(
-    image_path: str | os.PathLike,
-    name: str,
-    data: np.ndarray,
-    axes: str,
-    attrs: dict[str, Any] | None = None,
-) -> str:
-    """Write an in-memory label image to ``IMAGE/labels/NAME`` (uint32, image-label metadata).
-
-    Parameters
-    ----------
-    image_path : str or path-like
-        An OME-Zarr image group.
-    name : str
-        Name of the label image.
-    data : numpy.ndarray
-        Non-negative integer labels, 0 for background, with the image's shape minus ``c``.
-    axes : str
-        Axes of ``data``: the image's axes without ``c``.
-    attrs : dict, optional
-        Provenance, stored under ``"nahual"``.
-
-    Returns
-    -------
-    str
-        The path of the label image (with the image's coarser levels, see :func:`add_label_levels`).
-
-    Raises
-    ------
-    ContractError
-        When the axes or shape do not match the image, or the values are not labels.
-    """
-    data = np.asarray(data)
-    image = image_group(image_path)
-    img_axes, img_shape, img_chunks, img_scale = _image_layout(image)
-    want = img_axes.replace("c", "")
-    if parse_axes(axes, data.ndim) != want:
-        raise ContractError(f"labels of this image need axes {want!r}, got {axes!r}")
-    keep = [i for i, a in enumerate(img_axes) if a != "c"]
-    shape = tuple(img_shape[i] for i in keep)
-    if data.shape != shape:
-        raise ContractError(f"labels of this image need shape {shape}, got {data.shape}")
-    if data.dtype.kind not in "iu" or (data.size and data.min() < 0):
-        raise ContractError(f"labels must be non-negative integers, got dtype {data.dtype}")
-    dtype = np.uint32 if data.size == 0 or data.max() <= np.iinfo(np.uint32).max else np.uint64
-    array = create_label_array(
-        image, name, want, shape, tuple(img_chunks[i] for i in keep), dtype, tuple(img_scale[i] for i in keep), attrs
-    )
-    array[...] = data.astype(dtype, copy=False)
-    add_label_levels(image_path, name)
-    return os.path.join(os.fspath(image_path), "labels", name)

@@ -3,8 +3,11 @@
 Zarr streaming layer. Reads a block's read box from the source (and the label
 input), drops the iterated axes, adds a singleton ``c`` when the model wants
 one the store lacks, transposes to the model's axes order and casts to the
-model's dtype. Label results come back in the model's spatial order and are
-checked, cropped to the core and transposed to the output's axes.
+model's dtype. A chunk that does not decode, and NaN or infinite pixels, fail
+the block with a message that names them: they are found as each block is
+read, since scanning a whole store before the run would cost a second read.
+Label results come back in the model's spatial order and are checked, cropped
+to the core and transposed to the output's axes.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import zarr
 
 from ..errors import ContractError
 from ..model import Contract
+from ._integrity import read
 from ._plan import Block, Plan
 
 __all__ = ["build_payload", "read_box", "result_labels"]
@@ -37,7 +41,7 @@ def read_box(array: zarr.Array, array_axes: str, plan: Plan, block: Block, want:
         else:
             selection.append(slice(start, stop))
             kept += axis
-    data = np.asarray(array[tuple(selection)])
+    data = read(array, tuple(selection), "the input", "the input is damaged: restore it from a copy")
     for axis in want:
         if axis not in kept:
             data = data[np.newaxis]
@@ -56,7 +60,14 @@ def build_payload(
     payload: dict[str, Any] = {"axes": plan.model_axes}
     if "image" in contract.inputs and image is not None:
         data = read_box(image, plan.axes, plan, block, plan.model_axes)
-        payload["image"] = data.astype(contract.dtype, copy=False) if contract.dtype else data
+        data = data.astype(contract.dtype, copy=False) if contract.dtype else data
+        if data.dtype.kind in "fc" and not np.isfinite(data).all():
+            bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+            raise ContractError(
+                f"the image has {bad} NaN or infinite pixels among the {data.size} this block reads; "
+                "the model takes finite numbers: replace them in the input first"
+            )
+        payload["image"] = data
     if "labels" in contract.inputs and labels is not None:
         payload["labels"] = read_box(labels, plan.out_axes, plan, block, plan.model_axes.replace("c", "")).astype(
             np.uint32, copy=False

@@ -15,11 +15,16 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError, ContractError
 from ..model import Contract
+from ._options import DEFAULT_TILE, StreamOptions, format_tile
 
-__all__ = ["Block", "Plan", "choose_model_axes", "make_plan", "parse_shard", "parse_tile"]
+__all__ = ["Block", "Plan", "choose_model_axes", "make_plan"]
 
 #: Kinds whose blocks must be whole frames whatever the model allows.
 WHOLE_FRAME_KINDS = ("tracks", "features")
+
+#: Most blocks a run may have: each costs a request, a record and its share of
+#: the plan's memory, so a plan past this is a tile chosen far too small.
+MAX_BLOCKS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -107,6 +112,11 @@ class Plan:
             return [(self.channel, self.channel + 1)]
         return [(0, size)]
 
+    def counts(self) -> dict[str, int]:
+        """Blocks along each axis that is cut (iterated or tiled); the run has their product."""
+        counts = {a: len(self._ranges(pos)) for pos, a in enumerate(self.axes)}
+        return {a: n for a, n in counts.items() if n > 1}
+
     def blocks(self) -> list[Block]:
         """Every block of the run, in a fixed order (C order over iterated axes, then tiles)."""
         ranges = [self._ranges(pos) for pos in range(len(self.axes))]
@@ -152,50 +162,23 @@ class Plan:
         }
 
 
-def parse_tile(text: str | dict[str, int] | None) -> dict[str, int]:
-    """Parse ``"y=1024,x=1024"`` (``""`` or ``"none"`` for whole frames) into ``{"y": 1024, "x": 1024}``."""
-    if isinstance(text, dict):
-        items = list(text.items())
-    elif text is None or text.strip().lower() in ("", "none", "whole"):
-        return {}
-    else:
-        items = []
-        for part in text.split(","):
-            axis, sep, size = part.partition("=")
-            if not sep or not size.strip().isdigit():
-                raise ConfigError(f"--tile takes AXIS=SIZE pairs such as y=1024,x=1024, got {text!r}")
-            items.append((axis.strip().lower(), int(size)))
-    tile = {}
-    for axis, size in items:
-        if axis not in "zyx" or len(axis) != 1 or int(size) < 1:
-            raise ConfigError(f"tile sizes are positive and only for z, y or x, got {axis}={size}")
-        tile[axis] = int(size)
-    return tile
-
-
-def parse_shard(text: str | tuple[int, int] | None) -> tuple[int, int]:
-    """Parse ``"I/N"`` (0 <= I < N) into ``(I, N)``; None is ``(0, 1)``."""
-    if text is None:
-        return 0, 1
-    if isinstance(text, tuple):
-        index, count = text
-    else:
-        index_s, sep, count_s = text.partition("/")
-        if not sep or not index_s.strip().isdigit() or not count_s.strip().isdigit():
-            raise ConfigError(f"--shard takes I/N with 0 <= I < N, got {text!r}")
-        index, count = int(index_s), int(count_s)
-    if not 0 <= index < count:
-        raise ConfigError(f"--shard takes I/N with 0 <= I < N, got {index}/{count}")
-    return index, count
-
-
 def _channels(axes: str, shape: tuple[int, ...], channel: int | None) -> int:
-    """How many channels the model will see (1 when the store has no c or one is chosen)."""
+    """How many channels the model will see (1 when the store has no c or one is chosen).
+
+    Raises
+    ------
+    ConfigError
+        When the channel option names a channel the store does not have.
+    """
     if "c" not in axes:
+        if channel is not None:
+            raise ConfigError(
+                f"the channel option is {channel} but the store has no channel axis (axes {axes!r}): leave it out"
+            )
         return 1
     size = shape[axes.index("c")]
     if channel is not None and not 0 <= channel < size:
-        raise ConfigError(f"--channel {channel} does not exist: the store has {size} channels")
+        raise ConfigError(f"channel {channel} does not exist: the store has {size} channels (0..{size - 1})")
     return 1 if channel is not None else size
 
 
@@ -235,9 +218,7 @@ def make_plan(
     axes: str,
     shape: tuple[int, ...],
     chunks: tuple[int, ...],
-    tile: dict[str, int] | None = None,
-    halo: int | None = None,
-    channel: int | None = None,
+    options: StreamOptions | None = None,
 ) -> Plan:
     """Plan blocks for a model on a source array.
 
@@ -249,34 +230,60 @@ def make_plan(
         Output kind; trackers and measurements always get whole frames.
     axes, shape, chunks : str, tuple of int, tuple of int
         The source array.
-    tile : dict of str to int, optional
-        Tile sizes; empty or None for whole frames.
-    halo : int, optional
-        Context around tiles (the model's declared halo by default).
-    channel : int, optional
-        The channel to read when the model takes no channel axis.
+    options : StreamOptions, optional
+        Its ``tile``, ``halo`` (None: the model's declared halo) and ``channel``
+        (the channel to read when the model takes no channel axis) are used;
+        :class:`StreamOptions` defaults when not given.
 
     Raises
     ------
     ContractError, ConfigError
-        When the model cannot take this store, or the options do not fit it.
+        When the model cannot take this store, or the options do not fit it (naming the option).
     """
+    options = options or StreamOptions()
+    channel = options.channel
     model_axes = choose_model_axes(contract, axes, shape, channel, kind)
     count = _channels(axes, shape, channel)
     if "c" not in model_axes and count > 1 and kind in ("labels", "tracks"):
         raise ConfigError(
             f"the model takes no channel axis (axes {model_axes!r}) but the store has {count} channels; "
-            "choose one with --channel N"
+            "choose one with the channel option (--channel N, or images.NAME.channel in the workflow)"
         )
     iterated = "".join(a for a in axes if a not in model_axes)
     whole = not contract.tiling or kind in WHOLE_FRAME_KINDS
-    tile = {} if whole else dict(tile or {})
+    tile = {} if whole else dict(options.tile)
     for axis in list(tile):
         if axis not in model_axes:
-            raise ConfigError(f"--tile names axis {axis!r} which the model does not take (axes {model_axes!r})")
+            raise ConfigError(
+                f"the tile option names axis {axis!r}, which the model does not take (axes {model_axes!r})"
+            )
         if tile[axis] >= shape[axes.index(axis)]:
             del tile[axis]
-    halo = contract.halo if halo is None else int(halo)
-    if halo < 0:
-        raise ConfigError(f"--halo must be >= 0, got {halo}")
-    return Plan(axes, tuple(shape), model_axes, iterated, tile, halo if tile else 0, channel, tuple(chunks))
+    halo = contract.halo if options.halo is None else options.halo
+    _check_halo(tile, halo, "the model's declared halo" if options.halo is None else "the halo option")
+    plan = Plan(axes, tuple(shape), model_axes, iterated, tile, halo if tile else 0, channel, tuple(chunks))
+    counts = plan.counts()
+    if math.prod(counts.values()) > MAX_BLOCKS:
+        cut = " x ".join(f"{n:,} along {a}" for a, n in counts.items())
+        tiles = format_tile(tile)
+        raise ConfigError(
+            f"the tile option {tiles} cuts the input into {math.prod(counts.values()):,} blocks ({cut}), "
+            f"more than {MAX_BLOCKS:,}: choose a larger tile, such as the default {format_tile(DEFAULT_TILE)}"
+        )
+    return plan
+
+
+def _check_halo(tile: dict[str, int], halo: int, source: str) -> None:
+    """Refuse a halo larger than a tile: a block would read more than three times its width along that axis.
+
+    Raises
+    ------
+    ConfigError
+        Naming the halo, where it came from, and the tile it exceeds.
+    """
+    small = {a: n for a, n in tile.items() if n < halo}
+    if small:
+        raise ConfigError(
+            f"halo {halo} ({source}) is larger than the tile ({format_tile(small)}): each block would read more "
+            f"than three times its width along that axis; choose a tile of at least {halo} or a smaller halo"
+        )

@@ -10,12 +10,14 @@ few chunks whatever the size of the image.
 
 from __future__ import annotations
 
-import itertools
 import math
 from typing import Any
 
 import numpy as np
 import zarr
+
+from ..errors import ContractError
+from ._integrity import chunk_grid
 
 __all__ = ["add_levels", "image_level_steps", "pick_level"]
 
@@ -23,24 +25,22 @@ __all__ = ["add_levels", "image_level_steps", "pick_level"]
 _TOLERANCE = 1e-6
 
 
-def _chunk_boxes(shape: tuple[int, ...], chunks: tuple[int, ...]):
-    """The boxes of an array's chunks, in order."""
-    starts = [range(0, n, c) for n, c in zip(shape, chunks, strict=True)]
-    for corner in itertools.product(*starts):
-        yield tuple(slice(s, min(s + c, n)) for s, c, n in zip(corner, chunks, shape, strict=True))
-
-
 def pick_level(source: zarr.Array, factors: tuple[int, ...], dest: zarr.Array) -> None:
     """Fill ``dest`` with every ``factors``-th pixel of ``source``, one chunk of ``dest`` at a time.
 
     ``dest`` must have the shape ``ceil(source.shape / factors)``.
+
+    Raises
+    ------
+    ContractError
+        When ``dest`` has another shape.
     """
     expected = tuple(math.ceil(n / f) for n, f in zip(source.shape, factors, strict=True))
     if tuple(dest.shape) != expected:
-        raise ValueError(
+        raise ContractError(
             f"a level picked by {factors} from shape {source.shape} has shape {expected}, not {dest.shape}"
         )
-    for box in _chunk_boxes(tuple(dest.shape), tuple(dest.chunks)):
+    for _, box in chunk_grid(tuple(dest.shape), tuple(dest.chunks)):
         read = tuple(
             slice(s.start * f, min(s.stop * f, n), f) for s, f, n in zip(box, factors, source.shape, strict=True)
         )

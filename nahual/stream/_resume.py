@@ -1,34 +1,51 @@
-"""Per-run state next to the outputs: the run's identity, per-block completion records.
+"""Per-run state beside the store: the run's identity and per-block completion records with digests.
 
-Zarr streaming layer. The state of output ``NAME`` of image ``IMAGE`` lives in
-``IMAGE/.nahual/NAME/`` (a Zarr group, so that listing the image does not
-warn, that no OME validator looks into):
+Zarr streaming layer. Zarr lists every entry of a group's folder and warns
+about anything that is not an array or a group, so the state of output
+``NAME`` of an image lives outside the Zarr hierarchy, in a folder beside the
+store's root: ``STORE.nahual/NAME/`` for an image at the root of
+``STORE``, ``STORE.nahual/PATH/NAME/`` for one at ``PATH`` inside it.
 
-- ``run.json``: what was run (model, params, kind, plan); a second run with a
-  different identity is refused instead of mixing two results;
+- ``run.json``: what was run (model, params, kind, plan; a second run with
+  another identity is refused instead of mixing two results) and a stamp of
+  the input arrays (size and mtime of their metadata), so that state left
+  by an earlier input (a store written anew) is dropped, not resumed;
 - ``raw``: the intermediate label array (block-local ids plus a fixed offset);
-- ``blocks/NNNNNNNN.json``: the completion record of one block, written last,
-  after the block's chunks and its ``.npz`` side data, each through a temporary
-  file and ``os.replace`` so that a SIGKILL leaves a block either recorded or not;
-- ``final.json``: written when the outputs are complete.
+- ``blocks/NNNNNNNN.json``: the completion record of one block, with the
+  CRC-32 of what the block wrote and of its ``.npz`` side data, written last,
+  each through a temporary file and ``os.replace``, so that a SIGKILL leaves
+  a block either recorded or not.
 
-Only local filesystem stores are supported for the state.
+Once the output is complete its group (``labels/NAME`` or ``tables/NAME``)
+carries the run's record in its ``nahual`` attributes, next to the
+provenance, and the state folder is removed. Only local filesystem stores
+are supported for the state.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
+import zlib
+from io import BytesIO
 from typing import Any
 
 import numpy as np
 import zarr
 
 from ..errors import ConfigError
+from ._integrity import digest
 
-__all__ = ["RunState", "atomic_write"]
+__all__ = ["STATE_SUFFIX", "RunState", "atomic_write", "input_stamp", "state_root"]
+
+#: Appended to a store's root folder to name the folder of its run states.
+STATE_SUFFIX = ".nahual"
+
+#: Where outputs keep the run record once complete (``tracks`` record theirs on their masks, ``labels/NAME``).
+RECORD_FOLDERS = ("labels", "tables")
 
 
 def atomic_write(path: str, data: bytes) -> None:
@@ -52,8 +69,45 @@ def _canonical(value: Any) -> Any:
     return json.loads(json.dumps(value, sort_keys=True))
 
 
+def _is_node(folder: str) -> bool:
+    return any(os.path.isfile(os.path.join(folder, meta)) for meta in ("zarr.json", ".zgroup", ".zarray"))
+
+
+def state_root(image_path: str | os.PathLike) -> tuple[str, str]:
+    """The folder of the run states of the store that holds ``image_path``, and the image's path inside it.
+
+    The store's root is the topmost folder above the image that is still a Zarr node.
+    """
+    image = os.path.abspath(os.fspath(image_path))
+    root = image
+    while os.path.dirname(root) != root and _is_node(os.path.dirname(root)):
+        root = os.path.dirname(root)
+    inside = os.path.relpath(image, root)
+    return root + STATE_SUFFIX, "" if inside == "." else inside
+
+
+def input_stamp(array: zarr.Array | None) -> list[int]:
+    """``[size, mtime_ns]`` of an array's metadata file: it changes when the array is written anew.
+
+    Empty for arrays outside a local store (no stamp, no check).
+    """
+    root = getattr(array.store, "root", None) if array is not None else None
+    if root is None:
+        return []
+    meta = "zarr.json" if int(array.metadata.zarr_format) == 3 else ".zarray"
+    try:
+        stat = os.stat(os.path.join(os.fspath(root), array.path, meta))
+    except FileNotFoundError:
+        return []
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def _file_crc(data: bytes) -> str:
+    return f"crc32:{zlib.crc32(data):08x}"
+
+
 class RunState:
-    """The state folder of one output of one image.
+    """The state folder of one output of one image, and the record its output keeps when complete.
 
     Parameters
     ----------
@@ -62,43 +116,63 @@ class RunState:
     name : str
         The output's name.
     zarr_format : int
-        Format of the image's store (the state group uses the same).
+        Format of the image's store (the intermediate array uses the same).
+    folder : str, optional
+        ``labels`` or ``tables``: the group of the output that keeps the run's record
+        once complete; None looks in both.
     """
 
-    def __init__(self, image_path: str, name: str, zarr_format: int = 3) -> None:
+    def __init__(self, image_path: str, name: str, zarr_format: int = 3, folder: str | None = None) -> None:
         if not name or "/" in name or name.startswith("."):
             raise ConfigError(f"output names are plain names without '/' or a leading '.', got {name!r}")
         self.image_path = os.fspath(image_path)
         self.name = name
         self.zarr_format = zarr_format
-        self.path = os.path.join(self.image_path, ".nahual", name)
+        self.folders = (folder,) if folder else RECORD_FOLDERS
+        self.root, inside = state_root(self.image_path)
+        self.path = os.path.join(self.root, inside, name)
         self.blocks_dir = os.path.join(self.path, "blocks")
+        self._expected: tuple[Any, Any] | None = None
 
-    def _ensure_groups(self) -> None:
-        for sub in (os.path.join(self.image_path, ".nahual"), self.path):
-            zarr.open_group(sub, mode="a", zarr_format=self.zarr_format)
+    # ---------------------------------------------------------------- the run
 
-    def begin(self, identity: dict[str, Any], provenance: dict[str, Any] | None = None) -> None:
-        """Record the run's identity (and provenance), or check it against the one recorded.
+    def begin(self, identity: dict[str, Any], provenance: dict[str, Any], inputs: list[list[int]]) -> None:
+        """Record the run's identity, provenance and input stamps, or check them against what is recorded.
+
+        An output completed by this run is left as it is (:meth:`final` then returns its summary); one
+        completed from an earlier input is made again. State left by an earlier input is dropped.
 
         Raises
         ------
         ConfigError
-            When the output exists from a run with another model, params, kind or plan.
+            When the output or its state comes from a run with another model, params, kind or plan.
         """
-        identity = _canonical(identity)
-        recorded = self.identity()
-        if recorded is None:
-            self._ensure_groups()
-            record = {"identity": identity, "provenance": _canonical(provenance or {})}
-            atomic_write(os.path.join(self.path, "run.json"), json.dumps(record, sort_keys=True).encode())
-            return
-        if recorded != identity:
-            diff = sorted(k for k in set(recorded) | set(identity) if recorded.get(k) != identity.get(k))
+        identity, inputs = _canonical(identity), _canonical(inputs)
+        self._expected = (identity, inputs)
+        done = self._output_record()
+        if done is not None and done["identity"] != identity:
             raise ConfigError(
-                f"output {self.name!r} of {self.image_path} was started by a different run ({', '.join(diff)} differ); "
-                f"remove {self.path} and the output to start over"
+                f"output {self.name!r} of {self.image_path} was made by a different run "
+                f"({_differ(done['identity'], identity)} differ); {self._reset_hint('make it again')}"
             )
+        if done is not None and done["inputs"] == inputs:
+            self._remove()  # what a kill between recording and removing left
+            return
+        record = self._run_record()
+        if record is not None and record.get("inputs") != inputs:
+            self._remove()
+            record = None
+        if record is None:
+            record = {"identity": identity, "provenance": _canonical(provenance), "inputs": inputs}
+            atomic_write(os.path.join(self.path, "run.json"), json.dumps(record, sort_keys=True).encode())
+        elif record["identity"] != identity:
+            raise ConfigError(
+                f"output {self.name!r} of {self.image_path} was started by a different run "
+                f"({_differ(record['identity'], identity)} differ); {self._reset_hint('start over')}"
+            )
+
+    def _reset_hint(self, what: str) -> str:
+        return f"run nahual reset {self.image_path} {self.name} to {what}"
 
     def _run_record(self) -> dict[str, Any] | None:
         try:
@@ -117,13 +191,71 @@ class RunState:
         record = self._run_record()
         return {} if record is None else record["provenance"]
 
+    # ---------------------------------------------------------------- completion
+
+    def _output_record(self) -> dict[str, Any] | None:
+        """The run record a complete output keeps, with the ``folder`` it was found in."""
+        for folder in self.folders:
+            path = os.path.join(self.image_path, folder, self.name)
+            if not os.path.isdir(path):
+                continue
+            try:
+                attrs = dict(zarr.open_group(path, mode="r").attrs)
+            except (FileNotFoundError, zarr.errors.NodeNotFoundError, zarr.errors.ContainsArrayError):
+                continue
+            run = (attrs.get("nahual") or {}).get("run")
+            if isinstance(run, dict) and {"identity", "inputs", "final"} <= set(run):
+                return {**run, "folder": folder}
+        return None
+
     def final(self) -> dict[str, Any] | None:
-        """The summary recorded when the outputs were completed, or None."""
-        try:
-            with open(os.path.join(self.path, "final.json"), "rb") as f:
-                return json.load(f)
-        except FileNotFoundError:
+        """The summary of the output once complete (from this run's inputs), or None."""
+        done = self._output_record()
+        if done is None:
             return None
+        expected = self._expected
+        if expected is None:
+            record = self._run_record()
+            expected = None if record is None else (record["identity"], record.get("inputs"))
+        if expected is not None and (done["identity"], done["inputs"]) != expected:
+            return None
+        return done["final"]
+
+    def mark_final(self, summary: dict[str, Any]) -> None:
+        """Record in the output's group (``labels/NAME``...) that it is complete, then remove the state folder."""
+        record = self._run_record()
+        if record is None:
+            raise ConfigError(f"no run of {self.name!r} was started in {self.image_path}")
+        group = zarr.open_group(os.path.join(self.image_path, self.folders[0], self.name), mode="r+")
+        run = {"identity": record["identity"], "inputs": record.get("inputs", []), "final": _canonical(summary)}
+        group.attrs["nahual"] = {**dict(group.attrs.get("nahual") or {}), "run": run}
+        self._remove()
+
+    def reset(self) -> None:
+        """Forget this output's run, so that the next run starts it afresh (``nahual reset``; the workflow
+        calls it when a step's params or inputs changed).
+
+        The run record a complete output keeps and the state folder of an unfinished run are removed; the
+        output itself stays until the next run replaces it.
+        """
+        done = self._output_record()
+        if done is not None:
+            group = zarr.open_group(os.path.join(self.image_path, done["folder"], self.name), mode="r+")
+            group.attrs["nahual"] = {k: v for k, v in dict(group.attrs["nahual"]).items() if k != "run"}
+        self._remove()
+
+    def _remove(self) -> None:
+        """Remove the state folder, and the folders above it up to the store's state folder once empty."""
+        shutil.rmtree(self.path, ignore_errors=True)
+        folder = os.path.dirname(self.path)
+        while folder.startswith(self.root) and os.path.isdir(folder):
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break
+            folder = os.path.dirname(folder)
+
+    # ---------------------------------------------------------------- blocks
 
     def raw_path(self) -> str:
         """Path of the intermediate label array."""
@@ -140,20 +272,48 @@ class RunState:
             return set()
         return {int(n[:-5]) for n in names if n.endswith(".json") and not n.startswith(".")}
 
-    def record(self, index: int, info: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> None:
-        """Mark a block complete, with small JSON ``info`` and optional side arrays (written first)."""
+    def record(
+        self,
+        index: int,
+        info: dict[str, Any],
+        arrays: dict[str, np.ndarray] | None = None,
+        data: np.ndarray | None = None,
+    ) -> None:
+        """Mark a block complete: small JSON ``info``, optional side ``arrays`` (written first) and the digest
+        of ``data``, what the block wrote into the intermediate array."""
+        info = dict(info)
+        if data is not None:
+            info["digest"] = digest(data)
         if arrays:
-            from io import BytesIO
-
             buffer = BytesIO()
             np.savez_compressed(buffer, **arrays)
-            atomic_write(self._block_file(index, "npz"), buffer.getvalue())
+            payload = buffer.getvalue()
+            info["side_digest"] = _file_crc(payload)
+            atomic_write(self._block_file(index, "npz"), payload)
         atomic_write(self._block_file(index, "json"), json.dumps(info, sort_keys=True).encode())
+
+    def forget(self, index: int) -> None:
+        """Drop a block's record (its record first), so that the run does it again."""
+        for ext in ("json", "npz"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._block_file(index, ext))
 
     def info(self, index: int) -> dict[str, Any]:
         """The JSON record of a finished block."""
         with open(self._block_file(index, "json"), "rb") as f:
             return json.load(f)
+
+    def side_damage(self, index: int) -> str | None:
+        """What is wrong with a finished block's side data (missing, or not what was recorded), or None."""
+        want = self.info(index).get("side_digest")
+        if want is None:
+            return None
+        try:
+            with open(self._block_file(index, "npz"), "rb") as f:
+                got = _file_crc(f.read())
+        except FileNotFoundError:
+            return f"its side data {self._block_file(index, 'npz')} is missing"
+        return None if got == want else f"its side data {self._block_file(index, 'npz')} has {got}, recorded {want}"
 
     def arrays(self, index: int) -> dict[str, np.ndarray]:
         """The side arrays of a finished block (empty when it has none)."""
@@ -163,10 +323,18 @@ class RunState:
         except FileNotFoundError:
             return {}
 
-    def mark_final(self, info: dict[str, Any]) -> None:
-        """Record that the outputs are complete, then drop the intermediate data."""
-        atomic_write(os.path.join(self.path, "final.json"), json.dumps(info, sort_keys=True).encode())
-        shutil.rmtree(self.raw_path(), ignore_errors=True)
-        for name in os.listdir(self.blocks_dir) if os.path.isdir(self.blocks_dir) else ():
-            if name.endswith(".npz"):
-                os.unlink(os.path.join(self.blocks_dir, name))
+    @staticmethod
+    def outputs(image_path: str) -> list[str]:
+        """Names of the outputs of an image that have run state (runs not complete)."""
+        root, inside = state_root(image_path)
+        folder = os.path.join(root, inside)
+        try:
+            names = sorted(os.listdir(folder))
+        except FileNotFoundError:
+            return []
+        return [n for n in names if os.path.isfile(os.path.join(folder, n, "run.json"))]
+
+
+def _differ(recorded: dict[str, Any], identity: dict[str, Any]) -> str:
+    """The keys two identities differ in, for messages."""
+    return ", ".join(sorted(k for k in set(recorded) | set(identity) if recorded.get(k) != identity.get(k)))

@@ -3,28 +3,35 @@
 Zarr streaming layer. Blocks are read ahead in two threads while up to
 ``inflight`` requests run on the workers (least busy first); results are
 written in this thread as they complete, each block recorded when its output
-is whole. A failing request stops the run after the requests already in
-flight are written, with an error naming the block and the worker, unless the
-worker can reconnect and ``retries`` allows another try.
+is whole. A resumed run checks each block it would skip against its recorded
+digests and does the damaged ones again. A failing block stops the run after the requests already in
+flight are written, unless the worker can reconnect and ``retries`` allows
+another try; the run then raises one :class:`~nahual.errors.BlockError`
+naming the block and the worker, chained to the original error.
 """
 
 from __future__ import annotations
 
 import builtins
 import os
-import traceback
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ConfigError, NahualError, RemoteError, TransportError
-from ._jobs import Job, make_job, open_job
+from ..errors import BlockError, ConfigError, NahualError, TransportError
+from ._jobs import Handle, Job, make_job, open_job
+from ._ome import output_group
+from ._options import StreamOptions
 from ._plan import Block
 from ._progress import Progress
+from ._resume import RunState
 
 __all__ = ["Worker", "apply", "finish"]
+
+#: The worker named by a block that failed while its input was read, before any request.
+READER = "this process (reading the input)"
 
 
 @dataclass
@@ -33,7 +40,7 @@ class Worker:
 
     Parameters
     ----------
-    handle : object
+    handle : Handle
         Anything with ``.contract``, ``.model``, ``.params`` and ``.submit(payload) -> Future``.
     name : str
         The server address (or ``"local"``), used in error messages.
@@ -43,9 +50,9 @@ class Worker:
         The server's ``info``, recorded as provenance.
     """
 
-    handle: Any
+    handle: Handle
     name: str = "local"
-    reopen: Callable[[], Any] | None = None
+    reopen: Callable[[], Handle] | None = None
     info: dict[str, Any] | None = None
     busy: int = field(default=0, init=False)
     used: int = field(default=0, init=False)
@@ -55,10 +62,9 @@ class Worker:
         future = self.handle.submit(payload)
         self.busy += 1
         self.used += 1
-        future.nahual_handle = self.handle  # type: ignore[attr-defined] - which handle it ran on
         return future
 
-    def reconnect(self, failed: Any) -> None:
+    def reconnect(self, failed: Handle) -> None:
         """Replace the handle by a fresh one from ``reopen``, unless ``failed`` was replaced already."""
         if self.reopen is None:
             raise ConfigError(f"worker {self.name} cannot reconnect")
@@ -66,7 +72,7 @@ class Worker:
             self.handle = self.reopen()
 
 
-def _workers(model: Any) -> list[Worker]:
+def _workers(model: Handle | Worker | Sequence[Handle | Worker]) -> list[Worker]:
     items = model if isinstance(model, (list, tuple)) else [model]
     workers = [m if isinstance(m, Worker) else Worker(m, _address(m)) for m in items]
     if not workers:
@@ -84,7 +90,7 @@ def _workers(model: Any) -> list[Worker]:
     return workers
 
 
-def _address(handle: Any) -> str:
+def _address(handle: Handle) -> str:
     """The server address of a client's model handle, ``"local"`` for in-process models."""
     return str(getattr(getattr(handle, "client", None), "address", None) or "local")
 
@@ -93,20 +99,20 @@ def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, (TransportError, builtins.TimeoutError, ConnectionError))
 
 
-def _located(exc: BaseException, where: str, worker: Worker) -> NahualError:
-    """The error of a failed block, naming the block and the worker."""
-    prefix = f"{where} failed on {worker.name}"
-    if isinstance(exc, RemoteError):
-        return RemoteError(exc.remote_type, f"{prefix}: {exc.remote_message}", exc.remote_traceback, exc.operation)
-    if isinstance(exc, NahualError):
-        try:
-            return type(exc)(f"{prefix}: {exc}")
-        except TypeError:
-            return NahualError(f"{prefix}: {exc}")
-    if worker.handle is None:
-        return NahualError(f"{prefix}: {type(exc).__name__}: {exc}")
-    text = "".join(traceback.format_exception(exc))
-    return RemoteError(type(exc).__name__, f"{prefix}: {exc}", text, "process")
+def _reason(exc: BaseException) -> str:
+    """What went wrong, for a :class:`BlockError`: nahual's own message, or the foreign error's type and message."""
+    return str(exc) if isinstance(exc, NahualError) else f"{type(exc).__name__}: {exc}"
+
+
+@dataclass
+class _Request:
+    """A block in flight: what was sent, to which worker, on which of its handles, and how often."""
+
+    block: Block
+    payload: dict[str, Any]
+    worker: Worker
+    handle: Handle
+    tries: int
 
 
 class _Pipeline:
@@ -114,44 +120,52 @@ class _Pipeline:
 
     def __init__(self, job: Job, workers: list[Worker], inflight: int, retries: int, progress: Progress) -> None:
         self.job, self.workers, self.inflight, self.retries, self.progress = job, workers, inflight, retries, progress
-        self.pending: dict[Future, tuple[Block, dict, Worker, int]] = {}
-        self.error: NahualError | None = None
+        self.pending: dict[Future, _Request] = {}
+        self.error: BlockError | None = None
+        self._cause: BaseException | None = None
         self._failed_at = -1
 
-    def _fail(self, exc: BaseException, block: Block, worker: Worker) -> None:
+    def _fail(self, exc: BaseException, block: Block, worker: str) -> None:
         """Keep the failure of the earliest block (the order requests fail in is not deterministic)."""
         if self.error is None or block.index < self._failed_at:
-            self.error, self._failed_at = _located(exc, self.job.plan.describe(block), worker), block.index
+            self.error = BlockError(self.job.plan.describe(block), worker, _reason(exc))
+            self._cause, self._failed_at = exc, block.index
 
     def _pick(self) -> Worker:
         return min(self.workers, key=lambda w: (w.busy, w.used))
 
+    def _send(self, block: Block, payload: dict[str, Any], worker: Worker, tries: int) -> None:
+        handle = worker.handle
+        try:
+            future = worker.submit(payload)
+        except Exception as exc:
+            self._fail(exc, block, worker.name)
+            return
+        self.pending[future] = _Request(block, payload, worker, handle, tries)
+
     def _collect(self, future: Future) -> None:
-        block, payload, worker, tries = self.pending.pop(future)
+        request = self.pending.pop(future)
+        block, worker = request.block, request.worker
         worker.busy -= 1
         exc = future.exception()
         if exc is None:
             try:
                 self.job.sink.write(block, future.result())
-            except NahualError as err:
-                self._fail(err, block, worker)
+            except Exception as err:
+                self._fail(err, block, worker.name)
                 return
             self.progress.advance()
-        elif self.error is None and getattr(future, "nahual_handle", worker.handle) is not worker.handle:
-            self._resend(block, payload, worker, tries, None)  # its handle was replaced meanwhile
-        elif _retryable(exc) and tries < self.retries and worker.reopen is not None and self.error is None:
-            self._resend(block, payload, worker, tries + 1, getattr(future, "nahual_handle", None))
+        elif self.error is None and request.handle is not worker.handle:
+            self._send(block, request.payload, worker, request.tries)  # its handle was replaced meanwhile
+        elif _retryable(exc) and request.tries < self.retries and worker.reopen is not None and self.error is None:
+            try:
+                worker.reconnect(request.handle)
+            except Exception as again:
+                self._fail(again, block, worker.name)
+                return
+            self._send(block, request.payload, worker, request.tries + 1)
         else:
-            self._fail(exc, block, worker)
-
-    def _resend(self, block: Block, payload: dict, worker: Worker, tries: int, failed: Any) -> None:
-        """Send a block again, after reconnecting when its ``failed`` handle is still the worker's."""
-        try:
-            if failed is not None:
-                worker.reconnect(failed)
-            self.pending[worker.submit(payload)] = (block, payload, worker, tries)
-        except Exception as again:
-            self._fail(again, block, worker)
+            self._fail(exc, block, worker.name)
 
     def run(self, blocks: Iterable[Block]) -> None:
         """Process ``blocks``; raises the earliest block's failure after writing what finished."""
@@ -166,11 +180,10 @@ class _Pipeline:
                         block, read = reads.popleft()
                         try:
                             payload = read.result()
-                        except (NahualError, OSError, ValueError) as exc:
-                            self._fail(exc, block, Worker(None, "this process (reading the input)"))
+                        except Exception as exc:
+                            self._fail(exc, block, READER)
                             break
-                        worker = self._pick()
-                        self.pending[worker.submit(payload)] = (block, payload, worker, 0)
+                        self._send(block, payload, self._pick(), 0)
                     if not self.pending:
                         break
                     done, _ = wait(list(self.pending), return_when=FIRST_COMPLETED)
@@ -180,24 +193,18 @@ class _Pipeline:
                 for _, read in reads:
                     read.cancel()
         if self.error is not None:
-            raise self.error
+            raise self.error from self._cause
 
 
 def apply(
-    model: Any | Sequence[Any],
+    model: Handle | Worker | Sequence[Handle | Worker],
     input: str | os.PathLike,
     output: str,
+    options: StreamOptions | None = None,
     *,
     kind: str | None = None,
     axes: str | None = None,
-    level: int = 0,
     labels: str | None = None,
-    tile: str | dict[str, int] | None = "y=1024,x=1024",
-    halo: int | None = None,
-    channel: int | None = None,
-    inflight: int = 4,
-    shard: str | tuple[int, int] | None = None,
-    retries: int = 0,
     finalize: bool | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -211,26 +218,15 @@ def apply(
         ``IMAGE``, ``IMAGE/labels/NAME`` or a plain array (with ``axes``).
     output : str
         Name of the output under ``labels/``, ``tracks/`` or ``tables/``.
+    options : StreamOptions, optional
+        Tile, halo, level, channel, inflight, shard and retries, whole; :class:`StreamOptions`
+        defaults (one per field) when not given.
     kind : str, optional
         labels, tracks, features or embeddings; the model's declared output by default.
     axes : str, optional
         Axes of a plain array.
-    level : int
-        Resolution level.
     labels : str, optional
         Label image of ``input`` to send when the model takes labels and ``input`` is an image.
-    tile : str or dict, optional
-        ``"y=1024,x=1024"``; None or ``"none"`` for whole frames.
-    halo : int, optional
-        Context around tiles (the model's declared halo by default).
-    channel : int, optional
-        The channel to use when the model takes no channel axis.
-    inflight : int
-        Requests in flight at once, across all handles.
-    shard : str or (int, int), optional
-        ``"I/N"``: process only blocks whose index is I modulo N.
-    retries : int
-        Reconnects allowed per block after a transport failure (workers with ``reopen``).
     finalize : bool, optional
         Stitch/assemble at the end; by default when the run is not sharded.
     progress : bool
@@ -239,44 +235,42 @@ def apply(
     Returns
     -------
     dict
-        ``blocks`` (in the plan), ``processed`` (this run), ``skipped`` (already done), ``final``
-        (the completion summary, or None while other blocks remain).
+        ``blocks`` (in the plan), ``processed`` (this run), ``skipped`` (already done), ``redone``
+        (finished blocks whose recorded data was damaged, processed again), ``final`` (the
+        completion summary, or None while other blocks remain).
 
     Raises
     ------
     ContractError, ConfigError
-        Before the first request, when the model cannot take this input.
-    RemoteError, TransportError
-        When a block fails, naming the block and the server.
+        Before the first request, when the model cannot take this input or the options do not fit it.
+    BlockError
+        When a block fails, naming the block and the worker; raised ``from`` the original error
+        (a ``RemoteError``, ``TransportError``, or the error reading the input or writing the output).
     """
-    if inflight < 1:
-        raise ConfigError(f"--inflight must be >= 1, got {inflight}")
+    options = options or StreamOptions()
     workers = _workers(model)
     info = next((w.info for w in workers if w.info is not None), None)
-    job = make_job(
-        workers[0].handle,
-        input,
-        output,
-        kind=kind,
-        axes=axes,
-        level=level,
-        labels=labels,
-        tile=tile,
-        halo=halo,
-        channel=channel,
-        shard=shard,
-        info=info,
-    )
+    job = make_job(workers[0].handle, input, output, options, kind=kind, axes=axes, labels=labels, info=info)
+    summary = {"blocks": len(job.blocks), "processed": 0, "skipped": len(job.mine), "redone": 0}
     if job.state.final() is not None:
-        return {"blocks": len(job.blocks), "processed": 0, "skipped": len(job.mine), "final": job.state.final()}
+        return {**summary, "final": job.state.final()}
     done = job.state.finished()
-    todo = [b for b in job.mine if b.index not in done]
+    damaged = [b.index for b in job.mine if b.index in done and job.sink.damage(b) is not None]
+    for index in damaged:
+        job.state.forget(index)
+    todo = [b for b in job.mine if b.index not in done or b.index in damaged]
     bar = Progress(len(todo), f"{output}", enabled=progress)
-    _Pipeline(job, workers, inflight, retries, bar).run(todo)
+    _Pipeline(job, workers, options.inflight, options.retries, bar).run(todo)
     final = None
-    if finalize if finalize is not None else job.shard[1] == 1:
+    if finalize if finalize is not None else not options.sharded:
         final = finish(job.target.image_path, output)
-    return {"blocks": len(job.blocks), "processed": len(todo), "skipped": len(job.mine) - len(todo), "final": final}
+    return {
+        **summary,
+        "processed": len(todo),
+        "skipped": len(job.mine) - len(todo),
+        "redone": len(damaged),
+        "final": final,
+    }
 
 
 def finish(image: str | os.PathLike, name: str) -> dict[str, Any]:
@@ -284,14 +278,25 @@ def finish(image: str | os.PathLike, name: str) -> dict[str, Any]:
 
     Idempotent: finishing a finished output returns its summary.
 
+    Parameters
+    ----------
+    image : str or path-like
+        The image group holding the output, or the input the run read (a plain array's outputs are in its group).
+    name : str
+        The output's name.
+
     Raises
     ------
     ConfigError
         When the output was never started or blocks are missing (names how many, e.g. of unfinished shards).
+    BlockError
+        When a finished block's recorded data is damaged (the same apply redoes it).
     """
-    job = open_job(os.fspath(image), name)
-    if job.state.final() is not None:
-        return job.state.final()
+    image_path = output_group(image)
+    complete = RunState(image_path, name).final()
+    if complete is not None:
+        return complete
+    job = open_job(image_path, name)
     missing = len(job.blocks) - len(job.state.finished() & {b.index for b in job.blocks})
     if missing:
         raise ConfigError(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["Relabel", "UnionFind", "compact_labels", "lookup", "overlap_pairs"]
+__all__ = ["Relabel", "UnionFind", "compact_labels", "lookup", "overlap_pairs", "recolour"]
 
 
 class UnionFind:
@@ -86,6 +86,19 @@ def lookup(values: np.ndarray, data: np.ndarray) -> np.ndarray:
         return table[data]
     idx = np.minimum(np.searchsorted(values, data), values.size - 1)
     return np.where(values[idx] == data, idx + 1, 0).astype(np.int64)
+
+
+def recolour(masks: np.ndarray, values: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """``masks`` with each object ``values[i]`` painted ``ids[i]``, everything else 0 (int64).
+
+    ``values`` need not be sorted. No values (a frame without objects) gives an all-zero frame.
+    """
+    values, ids = np.asarray(values), np.asarray(ids)
+    if values.size == 0:
+        return np.zeros(np.shape(masks), np.int64)
+    order = np.argsort(values, kind="stable")
+    known = lookup(values[order], masks)
+    return np.where(known > 0, ids[order][np.maximum(known - 1, 0)], 0).astype(np.int64)
 
 
 def overlap_pairs(view: np.ndarray, stored: np.ndarray, min_overlap: float = 0.5) -> np.ndarray:

@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
+from abc import abstractmethod
 from typing import Any
 
 import numpy as np
 
 from ..errors import ContractError
-from ._ome import Target, image_group
+from ._integrity import compressors
+from ._ome import image_group
 from ._plan import Block, Plan
-from ._resume import RunState
+from ._sink import Sink
 
-__all__ = ["TableSink", "write_table"]
+__all__ = ["EmbeddingSink", "FeatureSink", "TableSink", "write_table"]
 
 #: Feature columns that identify a row rather than measure it (they go to ``obs``).
 _OBS_COLUMNS = ("label", "t", "z", "c")
@@ -69,11 +70,12 @@ def write_table(
     if name in tables:
         del tables[name]
     previous = anndata.settings.zarr_write_format
+    zarr_format = int(image.metadata.zarr_format)
     try:
-        anndata.settings.zarr_write_format = int(image.metadata.zarr_format)
+        anndata.settings.zarr_write_format = zarr_format
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            anndata.io.write_elem(tables, name, table)
+            anndata.io.write_elem(tables, name, table, dataset_kwargs={"compressors": compressors(zarr_format)})
     finally:
         anndata.settings.zarr_write_format = previous
     return os.path.join(os.fspath(image_path), "tables", name)
@@ -88,50 +90,83 @@ def _block_position(plan: Plan, block: Block) -> dict[str, int]:
     return position
 
 
-@dataclass
-class TableSink:
-    """Collects per-block rows (features or embeddings) and writes one AnnData table.
+class TableSink(Sink):
+    """Collects per-block rows and writes one AnnData table; a subclass says what a row is.
 
-    Parameters
-    ----------
-    target : Target
-        Where ``tables/NAME`` goes.
-    plan : Plan
-        The run's blocks.
-    state : RunState
-        The output's state folder.
-    kind : str
-        ``"features"`` or ``"embeddings"``.
+    Each block's rows are kept in its completion record under keys ``obs/NAME``
+    (annotations) and whatever :meth:`matrix` reads back for ``X``.
     """
 
-    target: Target
-    plan: Plan
-    state: RunState
-    kind: str
+    folder = "tables"
 
     def check(self) -> None:
-        """Nothing to check beyond the plan."""
+        """Any plan will do: each block's rows carry its position."""
 
     def prepare(self) -> None:
-        """Nothing to create before the first block."""
+        """Nothing to create: rows wait in the blocks' records until :meth:`finalize`."""
 
-    def _rows(self, block: Block, result: Any) -> dict[str, np.ndarray]:
-        if self.kind == "features":
-            table = result.get("table") if isinstance(result, dict) else None
-            if not isinstance(table, dict) or "label" not in table:
-                raise ContractError("a features model must return {'table': {column: array}} with a 'label' column")
-            columns = {k: np.asarray(v) for k, v in table.items()}
-            rows = columns["label"].shape[0]
-            if any(v.shape != (rows,) for v in columns.values()):
-                raise ContractError(
-                    f"feature columns must be 1-d of one length, got {[v.shape for v in columns.values()]}"
-                )
-            odd = sorted(k for k, v in columns.items() if v.dtype.kind not in "biufUS")
-            if odd:
-                raise ContractError(f"feature columns must hold numbers or strings; {odd} do not")
-            return {f"obs/{a}": np.full(rows, v) for a, v in _block_position(self.plan, block).items()} | {
-                (f"obs/{k}" if k in _OBS_COLUMNS or v.dtype.kind in "US" else f"x/{k}"): v for k, v in columns.items()
-            }
+    @abstractmethod
+    def rows(self, block: Block, result: Any) -> dict[str, np.ndarray]:
+        """One block's rows, as equal-length arrays keyed ``obs/NAME`` or by what :meth:`matrix` reads.
+
+        Raises
+        ------
+        ContractError
+            When the result is not what a model of this kind must return.
+        """
+
+    @abstractmethod
+    def matrix(self, merged: dict[str, np.ndarray]) -> tuple[np.ndarray, list[str]]:
+        """``X`` and its column names from every block's rows, concatenated key by key."""
+
+    def write(self, block: Block, result: Any) -> None:
+        """Keep one block's rows in its completion record."""
+        rows = self.rows(block, result)
+        self.state.record(block.index, {"rows": int(next(iter(rows.values())).shape[0])}, rows)
+
+    def finalize(self, provenance: dict[str, Any]) -> dict[str, Any]:
+        """Concatenate every block's rows (in block order) and write the table."""
+        parts = [self.side_arrays(b) for b in self.plan.blocks()]
+        parts = [p for p in parts if p and next(iter(p.values())).shape[0]]
+        keys = sorted({k for p in parts for k in p})
+        merged = {k: np.concatenate([p[k] for p in parts if k in p]) for k in keys}
+        obs = {k[4:]: v for k, v in merged.items() if k.startswith("obs/")}
+        x, names = self.matrix(merged)
+        write_table(self.target.image_path, self.name, obs, x, names, provenance)
+        return {"rows": int(x.shape[0])}
+
+
+class FeatureSink(TableSink):
+    """The features output: one row per object, its measurements in ``X`` (float64)."""
+
+    def rows(self, block: Block, result: Any) -> dict[str, np.ndarray]:
+        """The result's ``table`` columns, identifying ones to ``obs``, measurements to ``x/NAME``."""
+        table = result.get("table") if isinstance(result, dict) else None
+        if not isinstance(table, dict) or "label" not in table:
+            raise ContractError("a features model must return {'table': {column: array}} with a 'label' column")
+        columns = {k: np.asarray(v) for k, v in table.items()}
+        rows = columns["label"].shape[0] if columns["label"].ndim == 1 else -1
+        if any(v.shape != (rows,) for v in columns.values()):
+            raise ContractError(f"feature columns must be 1-d of one length, got {[v.shape for v in columns.values()]}")
+        odd = sorted(k for k, v in columns.items() if v.dtype.kind not in "biufUS")
+        if odd:
+            raise ContractError(f"feature columns must hold numbers or strings; {odd} do not")
+        return {f"obs/{a}": np.full(rows, v) for a, v in _block_position(self.plan, block).items()} | {
+            (f"obs/{k}" if k in _OBS_COLUMNS or v.dtype.kind in "US" else f"x/{k}"): v for k, v in columns.items()
+        }
+
+    def matrix(self, merged: dict[str, np.ndarray]) -> tuple[np.ndarray, list[str]]:
+        """The ``x/NAME`` columns side by side, in name order."""
+        names = [k[2:] for k in sorted(merged) if k.startswith("x/")]
+        x = np.stack([merged[f"x/{n}"].astype(np.float64) for n in names], axis=1) if names else np.zeros((0, 0))
+        return x, names
+
+
+class EmbeddingSink(TableSink):
+    """The embeddings output: one row per vector, with its block and tile origin in ``obs`` (float32)."""
+
+    def rows(self, block: Block, result: Any) -> dict[str, np.ndarray]:
+        """The result's ``embedding`` rows, each with its block, position and row number."""
         embedding = result.get("embedding") if isinstance(result, dict) else None
         if embedding is None:
             raise ContractError("an embeddings model must return {'embedding': (n, d) array}")
@@ -145,23 +180,7 @@ class TableSink:
             "embedding": embedding,
         }
 
-    def write(self, block: Block, result: Any) -> None:
-        """Keep one block's rows in its completion record."""
-        rows = self._rows(block, result)
-        self.state.record(block.index, {"rows": int(next(iter(rows.values())).shape[0])}, rows)
-
-    def finalize(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        """Concatenate every block's rows (in block order) and write the table."""
-        parts = [self.state.arrays(b.index) for b in self.plan.blocks()]
-        parts = [p for p in parts if p and next(iter(p.values())).shape[0]]
-        keys = sorted({k for p in parts for k in p})
-        merged = {k: np.concatenate([p[k] for p in parts if k in p]) for k in keys}
-        obs = {k[4:]: v for k, v in merged.items() if k.startswith("obs/")}
-        if self.kind == "embeddings":
-            x, names = merged.get("embedding", np.zeros((0, 0), np.float32)), None
-            names = [str(i) for i in range(x.shape[1])]
-        else:
-            names = [k[2:] for k in keys if k.startswith("x/")]
-            x = np.stack([merged[f"x/{n}"].astype(np.float64) for n in names], axis=1) if names else np.zeros((0, 0))
-        write_table(self.target.image_path, self.state.name, obs, x, names, attrs)
-        return {"rows": int(x.shape[0])}
+    def matrix(self, merged: dict[str, np.ndarray]) -> tuple[np.ndarray, list[str]]:
+        """The vectors, one per row; columns named by their index."""
+        x = merged.get("embedding", np.zeros((0, 0), np.float32))
+        return x, [str(i) for i in range(x.shape[1])]

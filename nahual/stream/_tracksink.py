@@ -11,26 +11,28 @@ one parent), writes
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import zarr
 
 from ..errors import ConfigError, ContractError
 from ..lineage import tracklets
-from ._ome import Target, add_label_levels, create_label_array, image_group
-from ._plan import Block, Plan
-from ._resume import RunState
-from ._stitch import lookup
+from ._integrity import read
+from ._omewrite import add_label_levels
+from ._plan import Block
+from ._sink import Sink
+from ._stitch import recolour
 from ._tracks import write_tracks
 
 __all__ = ["TrackSink"]
 
 
 def _nodes_and_edges(result: Any) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    if not isinstance(result, dict) or "nodes" not in result or "edges" not in result:
-        raise ContractError("a tracks model must return {'nodes': {...}, 'edges': {'source', 'target'}}")
+    shape = "{'nodes': {column: array}, 'edges': {'source': array, 'target': array}}"
+    if not isinstance(result, dict) or not all(isinstance(result.get(k), dict) for k in ("nodes", "edges")):
+        raise ContractError(f"a tracks model must return {shape}, got {type(result).__name__}")
+    if not {"source", "target"} <= set(result["edges"]):
+        raise ContractError(f"a tracks model must return {shape}, got edges {sorted(result['edges'])}")
     nodes = {k: np.asarray(v) for k, v in result["nodes"].items()}
     missing = [k for k in ("id", "t", "label", "y", "x") if k not in nodes]
     if missing:
@@ -43,26 +45,16 @@ def _nodes_and_edges(result: Any) -> tuple[dict[str, np.ndarray], np.ndarray]:
     return nodes, pairs
 
 
-@dataclass
-class TrackSink:
+class TrackSink(Sink):
     """Writes a tracker's single result: relabelled masks and the GEFF graph.
 
     Parameters
     ----------
-    target : Target
-        Where ``labels/NAME`` and ``tracks/NAME`` go.
-    plan : Plan
-        The run's single block.
-    state : RunState
-        The output's state folder.
+    target, plan, state
+        As for :class:`Sink`; the plan is one block over the whole series.
     labels : zarr.Array
-        The segmentation the tracker's ``label`` values refer to.
+        The segmentation the tracker's ``label`` values refer to (required).
     """
-
-    target: Target
-    plan: Plan
-    state: RunState
-    labels: zarr.Array | None
 
     def check(self) -> None:
         """Check the plan is one block over the whole series and the masks are known."""
@@ -76,45 +68,32 @@ class TrackSink:
             )
 
     def prepare(self) -> None:
-        """Nothing to create before the single block."""
+        """Nothing to create: the single block writes masks and graph at once."""
 
     def _paint(self, nodes: dict[str, np.ndarray], track: np.ndarray, attrs: dict[str, Any]) -> None:
         plan = self.plan
-        keep = [i for i, a in enumerate(plan.axes) if a != "c"]
-        out = create_label_array(
-            image_group(self.target.image_path),
-            self.state.name,
-            plan.out_axes,
-            plan.out_shape,
-            plan.out_chunks,
-            np.uint32,
-            tuple(self.target.scale[i] for i in keep),
-            attrs,
-        )
+        out = self.create_label_image(np.uint32, attrs)
         axis = plan.out_axes.index("t")
         for frame in range(plan.out_shape[axis]):
             here = nodes["t"] == frame
-            order = np.argsort(nodes["label"][here], kind="stable")
-            values, ids = nodes["label"][here][order], track[here][order]
             sel = tuple(frame if i == axis else slice(None) for i in range(len(plan.out_axes)))
-            masks = np.asarray(self.labels[sel])
-            known = lookup(values, masks)
-            out[sel] = np.where(known > 0, ids[np.maximum(known - 1, 0)], 0).astype(np.uint32)
-        add_label_levels(self.target.image_path, self.state.name)
+            masks = read(self.labels, sel, "the segmentation")  # check() refused a run without labels
+            out[sel] = recolour(masks, nodes["label"][here], track[here]).astype(np.uint32)
+        add_label_levels(self.target.image_path, self.name)
 
-    def write(self, block: Block, result: Any, attrs: dict[str, Any] | None = None) -> None:
-        """Write masks and graph, then record the block."""
+    def write(self, block: Block, result: Any) -> None:
+        """Write masks and graph (with the run's provenance), then record the block."""
         nodes, pairs = _nodes_and_edges(result)
         track, _ = tracklets(nodes["id"], nodes["t"], pairs)
-        attrs = attrs or self.state.provenance()
+        attrs = self.state.provenance()
         self._paint(nodes, track, attrs)
         columns = {k: v for k, v in nodes.items() if k != "label"}
         columns |= {"seg_id": track.astype(np.uint32), "track_id": track, "source_label": nodes["label"]}
-        write_tracks(self.target.image_path, self.state.name, columns, pairs, labels_name=self.state.name, attrs=attrs)
+        write_tracks(self.target.image_path, self.name, columns, pairs, labels_name=self.name, attrs=attrs)
         self.state.record(
             block.index, {"nodes": int(track.size), "edges": len(pairs), "tracks": int(track.max(initial=0))}
         )
 
-    def finalize(self, attrs: dict[str, Any]) -> dict[str, Any]:
+    def finalize(self, provenance: dict[str, Any]) -> dict[str, Any]:
         """Nothing left to do: the single block wrote everything."""
         return self.state.info(0)

@@ -1,0 +1,165 @@
+"""Integrity: checksummed chunks, damaged blocks redone on resume, damaged inputs named, ``nahual verify``."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+zarr = pytest.importorskip("zarr")
+anndata = pytest.importorskip("anndata")
+
+from stream_models import Blobs  # noqa: E402
+from test_stream_resume import labels_of  # noqa: E402
+from test_stream_stitch import blobs  # noqa: E402
+
+from nahual.cli import main  # noqa: E402
+from nahual.errors import BlockError, ContractError  # noqa: E402
+from nahual.stream import LocalModel, StreamOptions, apply, finish, verify, write_image, write_labels  # noqa: E402
+from nahual.stream._resume import RunState  # noqa: E402
+
+TILE = StreamOptions(tile="y=64,x=64", halo=16)
+
+
+def flip_byte(path: str | Path) -> None:
+    """Flip the bits of one byte in the middle of a file, as a bad disk or a stray write would."""
+    data = bytearray(Path(path).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    Path(path).write_bytes(bytes(data))
+
+
+def codecs_of(array_folder: str | Path) -> list[dict]:
+    meta = json.loads((Path(array_folder) / "zarr.json").read_text())
+    return [c for c in meta["codecs"] if c["name"] == "zstd"]
+
+
+@pytest.fixture
+def image(tmp_path):
+    return write_image(tmp_path / "img.zarr", blobs((2, 192, 192), 64, seed=5), "tyx", chunks=(1, 64, 64))
+
+
+@pytest.fixture
+def reference(image):
+    with LocalModel(Blobs) as model:
+        apply(model, image, "reference", TILE, progress=False)
+    return labels_of(image, "reference")
+
+
+def half_run(image: str) -> RunState:
+    """Blocks 0, 2, 4... of ``seg`` done, not stitched."""
+    with LocalModel(Blobs) as model:
+        apply(model, image, "seg", TILE.replace(shard="0/2"), progress=False)
+    return RunState(image, "seg")
+
+
+def test_every_array_nahual_writes_has_zstd_checksums(image, tmp_path):
+    state = half_run(image)
+    assert codecs_of(state.raw_path()) == [{"name": "zstd", "configuration": {"level": 0, "checksum": True}}]
+    with LocalModel(Blobs) as model:
+        apply(model, image, "seg", TILE, progress=False)
+    labels = np.zeros((2, 192, 192), np.uint32)
+    labels[:, 10:20, 10:20] = 1
+    pyramid = write_image(tmp_path / "levels.zarr", labels.astype(np.uint8), "tyx", levels=2)
+    write_labels(pyramid, "seg", labels, "tyx")
+    assert main(["apply", pyramid, "feat", "--local", "--model", "stream_models:Measure", "--labels", "seg"]) == 0
+    folders = [f"{image}/0", f"{image}/labels/seg/0", f"{pyramid}/1", f"{pyramid}/labels/seg/1"]
+    folders += [str(p.parent) for p in Path(pyramid, "tables", "feat").rglob("zarr.json")]
+    metas = {f: json.loads(Path(f, "zarr.json").read_text()) for f in folders}
+    # AnnData's empty ``raw`` is a 0-d placeholder written without data
+    arrays = [
+        f for f, m in metas.items() if m["node_type"] == "array" and m["attributes"].get("encoding-type") != "null"
+    ]
+    assert len(arrays) > 5
+    for folder in arrays:
+        assert [c["configuration"]["checksum"] for c in codecs_of(folder)] == [True], folder
+
+
+def test_ngff_04_outputs_have_zstd_checksums_too(tmp_path):
+    path = str(tmp_path / "v2.zarr")
+    group = zarr.open_group(path, mode="w", zarr_format=2)
+    axes = [{"name": a, "type": "space"} for a in "yx"]
+    group.attrs["multiscales"] = [{"version": "0.4", "axes": axes, "datasets": [{"path": "0"}]}]
+    group.create_array("0", shape=(64, 64), chunks=(32, 32), dtype="float32")[...] = 1.0
+    with LocalModel(Blobs) as model:
+        apply(model, path, "seg", StreamOptions(tile="y=32,x=32", halo=8), progress=False)
+    meta = json.loads(Path(path, "labels", "seg", "0", ".zarray").read_text())
+    assert meta["compressor"] == {"id": "zstd", "level": 0, "checksum": True}
+
+
+def test_a_flipped_byte_in_a_finished_block_is_found_and_the_block_redone(image, reference):
+    state = half_run(image)
+    flip_byte(Path(state.raw_path(), "c", "0", "0", "0"))  # block 0's only chunk
+    with LocalModel(Blobs) as model:
+        result = apply(model, image, "seg", TILE, progress=False)
+    assert (result["processed"], result["skipped"], result["redone"]) == (10, 8, 1)
+    assert np.array_equal(labels_of(image, "seg"), reference)
+
+
+def test_a_deleted_chunk_and_damaged_side_data_are_redone_too(image, reference):
+    state = half_run(image)
+    os.unlink(Path(state.raw_path(), "c", "0", "0", "2"))  # block 2: would read as background
+    flip_byte(Path(state.blocks_dir, "00000004.npz"))  # block 4's view of its halo
+    with LocalModel(Blobs) as model:
+        result = apply(model, image, "seg", TILE, progress=False)
+    assert result["redone"] == 2
+    assert np.array_equal(labels_of(image, "seg"), reference)
+
+
+def test_stitching_refuses_damaged_blocks_and_the_same_apply_repairs_them(image, reference):
+    with LocalModel(Blobs) as model:
+        for shard in ("0/2", "1/2"):
+            apply(model, image, "seg", TILE.replace(shard=shard), progress=False)
+    state = RunState(image, "seg")
+    os.unlink(Path(state.raw_path(), "c", "1", "1", "1"))
+    with pytest.raises(BlockError, match=r"block 13 \(t=1 y=64:128 x=64:128\) failed on this process \(finishing"):
+        finish(image, "seg")
+    flip_byte(Path(state.raw_path(), "c", "0", "1", "1"))
+    with pytest.raises(ContractError, match=r"chunk c/0/1/1 of the intermediate labels .*run the same apply again"):
+        finish(image, "seg")
+    with LocalModel(Blobs) as model:
+        assert apply(model, image, "seg", TILE, progress=False)["redone"] == 2
+    assert np.array_equal(labels_of(image, "seg"), reference)
+
+
+def test_a_damaged_input_chunk_is_an_error_naming_array_chunk_and_block(image, capsys):
+    flip_byte(Path(image, "0", "c", "1", "1", "2"))  # first read by block 10, through its halo
+    argv = ["apply", image, "seg", "--local", "--model", "stream_models:Blobs", "--quiet", "--tile", "y=64,x=64"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("nahual apply: error: block 10 (t=1 y=0:64 x=64:128) failed on this process (reading")
+    assert f"chunk c/1/1/2 of the input {image}/0 cannot be decoded (RuntimeError: Zstd" in err, err
+    assert "seg" not in zarr.open_group(image, mode="r").get("labels", {})
+
+
+def test_verify_finds_a_flipped_byte_in_an_output_chunk(image, capsys):
+    with LocalModel(Blobs) as model:
+        apply(model, image, "seg", TILE, progress=False)
+    assert main(["verify", image]) == 0
+    assert capsys.readouterr().err.strip().endswith(" 0 damaged")
+    chunk = Path(image, "labels", "seg", "0", "c", "1", "0", "2")
+    assert chunk.is_file()
+    flip_byte(chunk)
+    assert main(["verify", image]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0].startswith(f"damaged: {image}/labels/seg/0 chunk c/1/0/2: RuntimeError: "), lines
+    assert len(lines) == 2 and lines[1].endswith(" 1 damaged"), lines
+    assert main(["verify", f"{image}-missing"]) == 1
+    assert capsys.readouterr().err == f"nahual verify: error: no Zarr group at {image}-missing\n"
+
+
+def test_verify_checks_the_recorded_blocks_of_unfinished_runs_and_with_all_the_inputs(image):
+    state = half_run(image)
+    found = verify(image)
+    assert (found.blocks, found.damage) == (9, ())
+    os.unlink(Path(state.raw_path(), "c", "1", "0", "1"))  # block 10
+    flip_byte(Path(image, "0", "c", "0", "0", "0"))
+    found = verify(image)
+    assert [(d.where, d.part) for d in found.damage] == [(state.path, "block 10 (t=1 y=0:64 x=64:128)")]
+    assert "its intermediate labels have crc32:" in found.damage[0].reason
+    everything = verify(image, everything=True)
+    assert [d.part for d in everything.damage] == ["chunk c/0/0/0", "block 10 (t=1 y=0:64 x=64:128)"]
+    assert everything.damage[0].where == f"{image}/0"

@@ -1,0 +1,174 @@
+"""The deep chain of ``config.deep-models.yaml``, run for real: Cellpose -> Trackastra -> regionprops on the demo.
+
+``snakemake --cores 2 --configfile config.deep-models.yaml``, unchanged, in a
+copy of the workflow, with ``NAHUAL_TORCH=cpu`` (the CPU build of the torch
+environments, which ``.ci/install`` prepares) and ``NAHUAL_WEIGHTS`` pointing
+at a weights cache this module fills with test weights under the names the
+config asks for: a CPnet fitted to discs for Cellpose's ``nuclei``
+(``tests/cellpose_env.py``) and the hand-set Trackastra toy model for
+``general_2d`` (``tests/trackastra_weights.py``). Its outputs are read with
+the readers of the default chain (ome-zarr-models, geff, anndata). The Slurm
+dry run checks that only the Cellpose server asks for a GPU. The module skips,
+saying how to prepare them, where the CPU environments are not prepared.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import subprocess
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+zarr = pytest.importorskip("zarr")
+pytest.importorskip("snakemake")
+
+from conftest import TESTS, object_f1  # noqa: E402
+from test_workflow import (  # noqa: E402
+    STORE,
+    assert_nothing_left,
+    copy_workflow,
+    run_snakemake,
+    snakemake_env,
+    stop_processes_in,
+    tracking_graph,
+)
+from trackastra_weights import DEMO_CUTOFF  # noqa: E402
+
+from nahual.catalog import envs_dir  # noqa: E402
+from nahual.launcher import UvEnv, parse_env_spec  # noqa: E402
+from nahual.weights import add  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+#: The chain's models and the environments their servers run in.
+MODELS = ("cellpose", "trackastra", "regionprops")
+CONFIG = ("--configfile", "config.deep-models.yaml")
+
+
+def cpu_python(model: str) -> str:
+    """The interpreter of the prepared CPU build of ``envs/MODEL``, or a skip that says how to prepare it."""
+    spec = f"uv:{envs_dir() / model}?torch=cpu"
+    backend = parse_env_spec(spec)
+    assert isinstance(backend, UvEnv)
+    if not backend.is_synced():
+        pytest.skip(f"the {model} environment is not prepared: run `nahual env-prepare '{spec}'` (.ci/install does)")
+    return backend.python()[0]
+
+
+def made_weights(request: pytest.FixtureRequest, model: str, helper: str, *args: str) -> Path:
+    """The folder ``tests/HELPER ARGS... FOLDER`` fills, run in ``model``'s environment, kept in pytest's cache.
+
+    Fitting the Cellpose test net takes 20 s to 3 min on 2 cores; the cache
+    entry is named after the helper's contents, so an edit of it remakes them.
+    """
+    script = TESTS / helper
+    key = hashlib.sha256(script.read_bytes() + "\0".join(args).encode()).hexdigest()[:16]
+    entry = request.config.cache.mkdir(f"nahual-test-weights-{script.stem}-{key}")
+    folder, done = entry / "weights", entry / "done"
+    if not done.exists():
+        folder.mkdir(exist_ok=True)
+        argv = [cpu_python(model), str(script), *args, str(folder)]
+        subprocess.run(argv, check=True, capture_output=True, timeout=900)
+        done.touch()
+    return folder
+
+
+@pytest.fixture(scope="module")
+def weights(request, tmp_path_factory) -> Path:
+    """A weights cache with test weights under the names config.deep-models.yaml uses."""
+    for model in ("cellpose", "trackastra"):
+        cpu_python(model)  # skips unless both environments are prepared
+    cellpose = made_weights(request, "cellpose", "cellpose_env.py", "weights")
+    trackastra = made_weights(request, "trackastra", "trackastra_weights.py", "toy", "--cutoff", str(DEMO_CUTOFF))
+    root = tmp_path_factory.mktemp("weights")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("NAHUAL_WEIGHTS", str(root))
+        add("cellpose", "nucleitorch_0", cellpose / "trained")  # the file Cellpose's built-in `nuclei` names
+        add("trackastra", "general_2d", trackastra)
+    return root
+
+
+@pytest.fixture(scope="module")
+def deep_run(weights, tmp_path_factory) -> Iterator[Path]:
+    """``snakemake --cores 2 --configfile config.deep-models.yaml`` on CPU torch with the test weights, in a copy."""
+    workdir = copy_workflow(tmp_path_factory.mktemp("deep") / "wf")
+    env = {**snakemake_env(), "NAHUAL_WEIGHTS": str(weights), "NAHUAL_TORCH": "cpu"}
+    try:
+        result = run_snakemake(workdir, "--cores", "2", *CONFIG, env=env)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        yield workdir
+    finally:
+        stop_processes_in(workdir)
+
+
+def test_deep_run_leaves_nothing_and_ran_each_model_in_its_own_environment(deep_run):
+    assert_nothing_left(deep_run)
+    for model in MODELS:
+        ready = (deep_run / "results" / "envs" / f"{model}.txt").read_text()
+        assert f"envs/{model}/.venv/bin/python" in ready, ready
+
+
+def test_deep_run_writes_valid_ome_zarr_labels_geff_and_anndata(deep_run):
+    import anndata
+    import geff
+    from ome_zarr_models.v05 import Image, ImageLabel
+
+    store = deep_run / STORE
+    group = zarr.open_group(store, mode="r")
+    assert Image.from_zarr(group).labels is not None
+    assert {"cells", "lineage", "ground_truth"} <= set(group["labels"].attrs["ome"]["labels"])
+    for name in ("cells", "lineage"):
+        ImageLabel.from_zarr(group[f"labels/{name}"])
+        labels = group[f"labels/{name}/0"]
+        assert labels.dtype == np.uint32 and labels.shape == (8, 256, 256)
+    geff.validate_structure(str(store / "tracks" / "lineage"))
+    table = anndata.io.read_elem(group["tables/features"])
+    cells = group["labels/cells/0"][...]
+    assert table.n_obs == sum(len(np.unique(frame)) - 1 for frame in cells) > 0
+    for step in ("cells", "lineage", "features"):
+        assert (deep_run / "results" / "demo" / f"{step}.done").exists()
+
+
+def test_deep_run_segments_and_tracks_the_demo(deep_run):
+    from traccuracy import run_metrics
+    from traccuracy.matchers import CTCMatcher
+    from traccuracy.metrics import CTCMetrics
+
+    from nahual.stream import read_tracks
+
+    store = deep_run / STORE
+    group = zarr.open_group(store, mode="r")
+    truth, cells = group["labels/ground_truth/0"][...], group["labels/cells/0"][...]
+    scores = [object_f1(t, p) for t, p in zip(truth, cells)]
+    assert np.mean(scores) >= 0.7, scores  # a net fitted to plain discs, on textured nuclei
+    # every segmented object is a node of the lineage, and its mask is painted with its track id
+    nodes, edges, _ = read_tracks(store, "lineage")
+    assert len(nodes["id"]) == sum(len(np.unique(frame)) - 1 for frame in cells) and len(edges) > 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        results, _ = run_metrics(tracking_graph(store, "ground_truth"), tracking_graph(store, "lineage"),
+                                 CTCMatcher(), [CTCMetrics()])  # fmt: skip
+    # the segmentation bounds it (DET 0.73 with the test net): the toy tracker links what was found
+    assert results[0]["results"]["DET"] >= 0.65 and results[0]["results"]["TRA"] >= 0.65, results[0]["results"]
+
+
+def test_deep_slurm_dry_run_asks_a_gpu_for_the_cellpose_server_only(tmp_path):
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+
+    workdir = copy_workflow(tmp_path / "wf")
+    result = run_snakemake(workdir, "--workflow-profile", "profiles/slurm", "-n", *CONFIG, timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    gpus = {}
+    for job in (result.stdout + result.stderr).split("rule serve_model:")[1:]:
+        step = re.search(r"wildcards: step=(\w+)", job).group(1)
+        gpus[step] = int(re.search(r"resources: .*\bgpu=(\d+)", job).group(1))
+    assert gpus == {"cells": 1, "lineage": 0, "features": 0}
+    # what the Slurm executor makes of it when it submits the cells server's group job
+    assert set_gres_string(SimpleNamespace(resources={"gpu": gpus["cells"]})) == " --gpus=1"
+    assert set_gres_string(SimpleNamespace(resources={"gpu": gpus["lineage"]})) == ""
