@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 import os
-import pickle
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -36,6 +35,7 @@ import numpy as np
 from ..errors import ConfigError, ContractError, ParamError, WeightsError
 from ..model import Contract, Model, Param
 from ..weights import WeightSource, model_dir, weight_path
+from ._arrays_stream import read_arrays_stream
 
 __all__ = ["Cellpose", "CellposeSAM"]
 
@@ -311,21 +311,6 @@ def _torch_device(model: str, device: str, threads: int | None) -> Any:
     return torch.device(device)
 
 
-class _SizeModelUnpickler(pickle.Unpickler):
-    """Reads cellpose's size model (a dict of arrays saved by ``np.save``) and builds nothing but arrays."""
-
-    ALLOWED: ClassVar[set[tuple[str, str]]] = {
-        (module, name)
-        for module in ("numpy.core.multiarray", "numpy._core.multiarray")
-        for name in ("_reconstruct", "scalar")
-    } | {("numpy", "ndarray"), ("numpy", "dtype")}
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in self.ALLOWED:
-            raise WeightsError(f"size model holds {module}.{name}; only numpy arrays are read")
-        return super().find_class(module, name)
-
-
 def read_size_model(path: Path) -> dict[str, Any]:
     """Cellpose's size model at ``path`` (keys ``A``, ``smean``, ``ymean``, ``diam_mean``), read without running code.
 
@@ -341,8 +326,8 @@ def read_size_model(path: Path) -> dict[str, Any]:
             if version not in readers:
                 raise ValueError(f"npy format version {version} is not read")
             readers[version](handle)
-            params = _SizeModelUnpickler(handle).load()
-        except (ValueError, pickle.UnpicklingError, EOFError) as exc:
+            params = read_arrays_stream(handle.read())
+        except (ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
             raise WeightsError(f"{path} is not a cellpose size model: {exc}") from exc
     params = params.item() if isinstance(params, np.ndarray) else params
     if not isinstance(params, dict) or not {"A", "smean", "ymean", "diam_mean"} <= set(params):
