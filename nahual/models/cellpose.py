@@ -36,6 +36,7 @@ from ..errors import ConfigError, ContractError, ParamError, WeightsError
 from ..model import Contract, Model, Param
 from ..weights import WeightSource, model_dir, weight_path
 from ._arrays_stream import read_arrays_stream
+from ._torch import torch_device
 
 __all__ = ["Cellpose", "CellposeSAM"]
 
@@ -127,7 +128,7 @@ class Cellpose(Model):
         path = self.weights_file(p["model"])
         os.environ["CELLPOSE_LOCAL_MODELS_PATH"] = str(model_dir(self.name))  # read once, when cellpose is imported
         self._check_version()
-        device = _torch_device(self.name, p["device"], p["threads"])
+        device = torch_device(self.name, p["device"], p["threads"])
         self.net = self.build(path, device)
         self.size_params = self._size_params(path) if p["diameter"] is None else None
         diameter = p["diameter"] or float(getattr(self.net, "diam_mean", 30.0))
@@ -281,34 +282,6 @@ def _check_range(value: list | None) -> None:
         raise ParamError(f"param 'intensity_range' expects [low, high] numbers, got {value!r}")
     if value is not None and not value[0] < value[1]:
         raise ParamError(f"param 'intensity_range' expects low < high, got {value!r}")
-
-
-def _torch_device(model: str, device: str, threads: int | None) -> Any:
-    """The torch device ``device`` names, checked against what this machine has.
-
-    Raises
-    ------
-    ConfigError
-        One line when the device is not here (a CPU build of torch, no GPU, an index too high).
-    """
-    import torch
-
-    if threads is not None:
-        torch.set_num_threads(threads)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    if device.startswith("cuda"):
-        index = int(device.partition(":")[2] or 0)
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if index >= count:
-            build = "a CPU build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
-            seen = f"{count} CUDA device(s)" if count else "no CUDA device"
-            raise ConfigError(
-                f"{model}: device {device!r} asked for, but torch {torch.__version__} ({build}) sees {seen}"
-            )
-    if device == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"{model}: device 'mps' asked for, but torch {torch.__version__} has no MPS device here")
-    return torch.device(device)
 
 
 def read_size_model(path: Path) -> dict[str, Any]:

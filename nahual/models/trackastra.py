@@ -38,7 +38,7 @@ from ..errors import ConfigError, ContractError, ParamError, WeightsError
 from ..lineage import NODE_ID_STRIDE, tracklets
 from ..model import Contract, Model, Param
 from ..weights import WeightSource, weight_path
-from .cellpose import _torch_device
+from ._torch import torch_device
 from .laptrack import object_nodes
 
 __all__ = ["MODEL_FILES", "RELEASES", "Trackastra", "model_folder"]
@@ -105,7 +105,7 @@ class Trackastra(Model):
         super().load(**params)
         folder = model_folder(self.params["model"])
         api = _import_trackastra()
-        device = _torch_device(self.name, self.params["device"], self.params["threads"])
+        device = torch_device(self.name, self.params["device"], self.params["threads"])
         try:
             tracker = api.Trackastra.from_folder(folder, device="cpu", batch_size=BATCH_SIZE[device.type])
         except Exception as exc:  # torch, yaml and Trackastra's own errors: one line naming the folder
