@@ -206,6 +206,8 @@ def get_serve_args(wildcards):
     args = ["--env", entry["env"], "--preload", entry["model"], "--params", json.dumps(params)]
     if ":" in entry["model"]:  # a module:Class the config names (the socket is the user's own, mode 0600)
         args.append("--allow-module-models")
+    if config["weights"]:  # absolute: a Slurm job may start elsewhere
+        args += ["--weights", os.path.abspath(os.path.expanduser(config["weights"]))]
     return shlex.join(args)
 
 

@@ -130,6 +130,16 @@ def test_serve_with_preload_and_stop(serve: Callable[..., Served], capsys: pytes
     assert "Traceback" not in served.output()
 
 
+def test_serve_weights_names_the_cache_its_models_read(
+    serve: Callable[..., Served], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    served = serve("--weights", "cache", cwd=tmp_path)  # relative to where serve starts
+    assert main(["info", served.address]) == 0
+    assert json.loads(capsys.readouterr().out)["weights"] == str(tmp_path / "cache")
+    assert main(["stop", served.address]) == 0
+    assert served.process.wait(timeout=15) == 0
+
+
 # -- the token of serve: from a private file or the environment; on the command line with a warning ------------
 
 

@@ -475,6 +475,19 @@ def test_a_step_s_params_are_merged_over_its_model_s(tmp_path):
         assert apply and all(f"--params {quoted}" in line for line in apply), apply
 
 
+def test_the_weights_key_reaches_every_server_as_an_absolute_path(tmp_path):
+    workdir = copy_workflow(tmp_path / "wf")
+    result = run_snakemake(workdir, "-n", timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    serves = [line for line in result.stdout.splitlines() if "nahual serve " in line]
+    assert serves and not any("--weights" in line for line in serves), serves  # null: the servers' own default
+    result = run_snakemake(workdir, "-n", "--config", "weights=cache/w", timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    serves = [line for line in result.stdout.splitlines() if "nahual serve " in line]
+    expected = f"--weights {workdir.resolve() / 'cache' / 'w'}"
+    assert len(serves) == 3 and all(expected in line for line in serves), serves
+
+
 def test_the_schema_s_streaming_defaults_are_the_stream_options_defaults():
     from nahual.stream import StreamOptions
 

@@ -2,11 +2,11 @@
 
 ``snakemake --cores 2 --configfile config.deep-models.yaml``, unchanged, in a
 copy of the workflow, with ``NAHUAL_TORCH=cpu`` (the CPU build of the torch
-environments, which ``.ci/install`` prepares) and ``NAHUAL_WEIGHTS`` pointing
-at a weights cache this module fills with test weights under the names the
-config asks for: a CPnet fitted to discs for Cellpose's ``nuclei``
-(``tests/cellpose_env.py``) and the hand-set Trackastra toy model for
-``general_2d`` (``tests/trackastra_weights.py``). Its outputs are read with
+environments, which ``.ci/install`` prepares) and the config's ``weights`` key
+(``--config weights=DIR``, with no ``NAHUAL_WEIGHTS``) pointing at a weights
+cache this module fills with test weights under the names the config asks
+for: a CPnet fitted to discs for Cellpose's ``nuclei`` (``tests/cellpose_env.py``)
+and the hand-set Trackastra toy model for ``general_2d`` (``tests/trackastra_weights.py``). Its outputs are read with
 the readers of the default chain (ome-zarr-models, geff, anndata). The Slurm
 dry run checks that only the Cellpose server asks for a GPU. The module skips,
 saying how to prepare them, where the CPU environments are not prepared.
@@ -98,9 +98,10 @@ def weights(request, tmp_path_factory) -> Path:
 def deep_run(weights, tmp_path_factory) -> Iterator[Path]:
     """``snakemake --cores 2 --configfile config.deep-models.yaml`` on CPU torch with the test weights, in a copy."""
     workdir = copy_workflow(tmp_path_factory.mktemp("deep") / "wf")
-    env = {**snakemake_env(), "NAHUAL_WEIGHTS": str(weights), "NAHUAL_TORCH": "cpu"}
+    env = {**snakemake_env(), "NAHUAL_TORCH": "cpu"}
+    env.pop("NAHUAL_WEIGHTS", None)  # the servers get the test cache from the config's weights key alone
     try:
-        result = run_snakemake(workdir, "--cores", "2", *CONFIG, env=env)
+        result = run_snakemake(workdir, "--cores", "2", *CONFIG, "--config", f"weights={weights}", env=env)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         yield workdir
     finally:

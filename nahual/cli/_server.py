@@ -65,6 +65,11 @@ def register(subparsers: Any) -> None:
         metavar="S",
         help="seconds a reply may wait to be sent before it is dropped (default 10)",
     )
+    serve.add_argument(
+        "--weights",
+        metavar="DIR",
+        help="the weights cache the models read (sets $NAHUAL_WEIGHTS; default: it, else the per-user cache)",
+    )
     serve.add_argument("--parent", type=int, metavar="PID", help="exit when process PID is gone")
     serve.add_argument(
         "--leave-files-on-sigterm",
@@ -103,6 +108,8 @@ def run_serve(args: argparse.Namespace) -> int:
     """Serve until SIGTERM/SIGINT/shutdown; with ``--env`` re-execute inside that environment."""
     preloads = _parse_preloads(args.preload, args.params)
     token = _read_token(args)
+    if args.weights:  # inherited through exec into the environment, read by the models' weight lookups
+        os.environ["NAHUAL_WEIGHTS"] = os.path.abspath(os.path.expanduser(args.weights))
     if args.env != "current":
         from ..launcher import exec_server
 

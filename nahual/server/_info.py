@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from .. import _protocol as protocol
 from ..errors import ConfigError
 from ..registry import available_models, missing_packages, resolve_model
+from ..weights import weights_dir
 
 if TYPE_CHECKING:
     from ..model import Model
@@ -70,6 +71,7 @@ def describe_server(extra: Mapping[str, type[Model]], instances: list[dict[str, 
         "python": platform.python_version(),
         "executable": sys.executable,
         "pid": os.getpid(),
+        "weights": str(weights_dir()),  # the cache this server's models read (nahual serve --weights)
         "packages": package_versions(tuple(sorted(packages))),
         "models": models,
         "instances": instances,
