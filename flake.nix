@@ -16,7 +16,7 @@
 # and its shell adds the NVIDIA driver's libraries (/run/opengl-driver/lib on
 # NixOS, or $NAHUAL_CUDA_LIBS) to LD_LIBRARY_PATH; the CUDA runtime itself
 # comes with the PyPI wheels (torch and its nvidia-* packages) in the lock.
-# The torch shells (.#cellpose, .#cellpose-sam, .#trackastra) sync the lock as
+# The torch shells (.#cellpose, .#cellpose-sam, .#trackastra, .#dino) sync the lock as
 # it is, CUDA build included; on a machine without a GPU use the uv spec's CPU
 # switch instead (uv:envs/cellpose?torch=cpu, see docs/deep-models.md).
 # See docs/environments.md.

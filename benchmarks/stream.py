@@ -1,38 +1,54 @@
-"""Benchmark: streaming a store through a model server against the same model in this process.
+"""Benchmark: a streamed run against the model's own compute, against the model in this process, over instances.
 
-Goal (issue 4): the server path takes no more than 1.1x the in-process
-(``--local``) time, on a 64-frame 1024x1024 uint16 store through a CPU
-segmentation model (the zoo's ``threshold`` with a fixed threshold and no
-watershed, so that the model's time is close to the data's).
+Goals: the server path takes no more than 1.1x the in-process (``--local``)
+time (issue 4); ``apply`` with one server takes no more than 1.1x the model's
+own compute time on the same blocks held in memory (reads, decoding, transport,
+encoding and writes hidden behind the model, issue 15); two instances of a
+single-threaded model on 2 cores give at least 1.8x the throughput of one
+(issue 15). The store is a 64-frame 1024x1024 uint16 store with Zstd chunks
+(or ``--store``, e.g. ``nahual demo-data --large``), the model the zoo's
+``threshold`` (one thread per BLAS/OpenMP pool, set here for every process).
 
 Usage::
 
     python benchmarks/stream.py [--frames 64] [--size 1024] [--repeat 2] [--inflight N]
-                                [--tile y=1024,x=1024] [--halo 0] [--keep DIR]
+                                [--tile y=1024,x=1024] [--halo 0] [--store PATH] [--params JSON]
+                                [--keep DIR]
 
 ``--tile`` and ``--inflight`` default to :class:`nahual.stream.StreamOptions`' own defaults.
 
-Both paths run in the same process, alternating (local, server, local,
-server...), on the same store; each writes its own label image and both are
-checked to be identical. Prints the best and median seconds of each path and
-the ratio server/local (below 1.0 the server is faster: its model runs in
-another process, in parallel with this one's reading and writing).
+Every path runs in one interleaved loop (local, one server, two servers,
+local...), on the same store; each writes its own label image and all are
+checked to be identical. Printed: the best seconds of each path, split into
+the blocks (reading, model, writing) and the finish (stitching), the seconds
+of CPU this process spent on them, and the ratios. ``compute`` is the model's
+own ``process`` on every block's payload, read into memory first, in this
+process: what a run would take if nothing but the model cost anything.
 """
 
 from __future__ import annotations
 
-import argparse
-import shutil
-import statistics
-import tempfile
-import time
-from pathlib import Path
+import os
 
-import numpy as np
-import zarr
+for _pool in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_pool, "1")  # before numpy: single-threaded models, here and in the servers
 
-from nahual.launcher import launch
-from nahual.stream import LocalModel, StreamOptions, Worker, apply, write_image
+import argparse  # noqa: E402
+import json  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import zarr  # noqa: E402
+
+from nahual.registry import resolve_model  # noqa: E402
+from nahual.stream import LocalModel, StreamOptions, Worker, apply, finish, output_group, write_image  # noqa: E402
+from nahual.stream._connect import connect_workers  # noqa: E402
+from nahual.stream._jobs import make_job  # noqa: E402
+from nahual.stream._payload import BlockReader  # noqa: E402
+from nahual.stream._resume import RunState  # noqa: E402
 
 MODEL = "nahual.models.threshold:Threshold"
 PARAMS = {"threshold": 300.0, "split": False, "sigma": 1.0, "min_size": 10}
@@ -53,11 +69,32 @@ def make_store(path: Path, frames: int, size: int, seed: int = 0) -> str:
     return write_image(path, data, "tyx", chunks=(1, min(size, 512), min(size, 512)))
 
 
-def run_once(handle: object, store: str, name: str, options: StreamOptions) -> float:
-    """Seconds for one complete ``apply`` (stitch included)."""
+def compute_seconds(store: str, params: dict, options: StreamOptions) -> tuple[float, int]:
+    """The model's own time on every block, payloads read into memory first; and the number of blocks."""
+    with LocalModel(MODEL, params) as handle:
+        job = make_job(handle, store, "compute", options, kind=None, axes=None, labels=None, info={})
+    reader = BlockReader(job.contract, job.plan, job.mine, job.image, job.labels, ahead=1)
+    payloads = [reader(block) for block in job.mine]
+    model = resolve_model(MODEL)()
+    model.params = model.check_params(params)
+    model.load(**model.params)
     start = time.perf_counter()
-    apply(handle, store, name, options, progress=False)
-    return time.perf_counter() - start
+    for payload in payloads:
+        model.process(payload)
+    took = time.perf_counter() - start
+    shutil.rmtree(job.state.path, ignore_errors=True)
+    return took, len(payloads)
+
+
+def run_once(workers: object, store: str, name: str, options: StreamOptions) -> dict[str, float]:
+    """Seconds (wall and this process's CPU) of the blocks, then of the finish, of one complete run."""
+    RunState(output_group(store), name).reset()  # a store given twice is run again, not found complete
+    wall, cpu = time.perf_counter(), time.process_time()
+    apply(workers, store, name, options, progress=False, finalize=False)
+    blocks, blocks_cpu = time.perf_counter() - wall, time.process_time() - cpu
+    finish(store, name)
+    total = time.perf_counter() - wall
+    return {"blocks": blocks, "finish": total - blocks, "total": total, "cpu": blocks_cpu}
 
 
 def main() -> None:
@@ -68,37 +105,54 @@ def main() -> None:
     parser.add_argument("--inflight", type=int, help="requests in flight (StreamOptions' default)")
     parser.add_argument("--tile", help="tile, e.g. y=512,x=512 (StreamOptions' default)")
     parser.add_argument("--halo", type=int, default=0)
+    parser.add_argument("--store", help="an existing image to read (default: a synthetic store)")
+    parser.add_argument("--params", default=json.dumps(PARAMS), help=f"threshold params (default {PARAMS})")
     parser.add_argument("--keep", type=Path, help="write the store here and keep it (default: a temporary folder)")
     args = parser.parse_args()
     options = StreamOptions.from_cli(args)
+    params = json.loads(args.params)
 
     folder = args.keep or Path(tempfile.mkdtemp(prefix="nahual-bench-"))
     try:
-        start = time.perf_counter()
-        store = make_store(folder / "bench.zarr", args.frames, args.size)
-        print(f"store: {args.frames} x {args.size} x {args.size} uint16 written in {time.perf_counter() - start:.1f} s")
-        times: dict[str, list[float]] = {"local": [], "server": []}
-        with LocalModel(MODEL, PARAMS) as local, launch("current", preload=MODEL, params=PARAMS, timeout=120) as server:
-            with server.client(timeout=600) as client:
-                remote = Worker(client.load(MODEL, **PARAMS), server.address)
-                for i in range(args.repeat):
-                    times["local"].append(run_once(local, store, f"local{i}", options))
-                    times["server"].append(run_once(remote, store, f"server{i}", options))
-        group = zarr.open_group(store, mode="r")
-        same = all(
-            np.array_equal(group[f"labels/local{i}/0"][...], group[f"labels/server{i}/0"][...])
-            for i in range(args.repeat)
-        )
-        for path, values in times.items():
-            print(
-                f"{path:<7} best {min(values):7.2f} s  median {statistics.median(values):7.2f} s  "
-                f"({args.frames / min(values):.1f} frames/s)"
-            )
-        ratio = min(times["server"]) / min(times["local"])
-        print(f"server/local: {ratio:.3f} (goal <= 1.1)  outputs identical: {same}")
+        store = args.store or make_store(folder / "bench.zarr", args.frames, args.size)
+        compute, count = compute_seconds(store, params, options)
+        print(f"store {store}: {count} blocks, model compute in memory {compute:.2f} s")
+        paths = ("local", "server", "servers2")
+        times: dict[str, list[dict[str, float]]] = {path: [] for path in paths}
+        two = options.replace(inflight=max(options.inflight, 4))
+        with (
+            LocalModel(MODEL, params) as local,
+            connect_workers(MODEL, params, env="current", instances=1) as one,
+            connect_workers(MODEL, params, env="current", instances=2) as both,
+        ):
+            runs = {"local": (Worker(local), options), "server": (one, options), "servers2": (both, two)}
+            for i in range(args.repeat):
+                for path, (workers, opts) in runs.items():
+                    times[path].append(run_once(workers, store, f"{path}{i}", opts))
+        report(store, args.repeat, times, compute)
     finally:
         if args.keep is None:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def report(store: str, repeat: int, times: dict[str, list[dict[str, float]]], compute: float) -> None:
+    """Print the best run of each path and the ratios, after checking that all outputs are identical."""
+    group = zarr.open_group(store, mode="r")
+    first = group[f"labels/{next(iter(times))}0/0"][...]
+    same = all(np.array_equal(first, group[f"labels/{path}{i}/0"][...]) for path in times for i in range(repeat))
+    best = {path: min(values, key=lambda v: v["total"]) for path, values in times.items()}
+    for path, b in best.items():
+        print(
+            f"{path:<9} total {b['total']:7.2f} s = blocks {b['blocks']:7.2f} s + finish {b['finish']:5.2f} s"
+            f"  (this process: {b['cpu']:6.2f} s CPU during the blocks)"
+        )
+    server, local, two = best["server"], best["local"], best["servers2"]
+    print(f"server/local:              {server['total'] / local['total']:.3f} (goal <= 1.1)")
+    print(f"apply/compute, blocks:     {server['blocks'] / compute:.3f} (goal <= 1.1; one server)")
+    print(f"apply/compute, with finish: {server['total'] / compute:.3f}")
+    print(f"2 instances / 1, blocks:   {server['blocks'] / two['blocks']:.3f} (goal >= 1.8)")
+    print(f"2 instances / 1, total:    {server['total'] / two['total']:.3f}")
+    print(f"outputs identical: {same}")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from .errors import (
 from .model import Contract, Model, Param
 
 if TYPE_CHECKING:
+    from ._transport import reply_array
     from .client import Client, ModelHandle
     from .launcher import ServerProcess, launch
     from .server import Server
@@ -44,6 +45,7 @@ _LAZY = {
     "ModelHandle": ".client",
     "launch": ".launcher",
     "ServerProcess": ".launcher",
+    "reply_array": "._transport",
 }
 
 
@@ -88,4 +90,5 @@ __all__ = [
     "WeightsError",
     "__version__",
     "launch",
+    "reply_array",
 ]

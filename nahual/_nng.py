@@ -253,7 +253,7 @@ class ReplySocket(_Socket):
     def __init__(self, address: str, max_message_bytes: int | None = None) -> None:
         check_address(address)
         self.address = address
-        self._segments = _shared_memory(address, copy_out=False)
+        self._segments = _shared_memory(address, lasting_views=False)
         self._socket = pynng.Rep0()
         self._watch_peers()
         path = ipc_path(address)
@@ -292,15 +292,15 @@ def _listen(socket: pynng.Socket, address: str) -> None:
         raise
 
 
-def _shared_memory(address: str, copy_out: bool) -> SocketMemory | None:
+def _shared_memory(address: str, lasting_views: bool) -> SocketMemory | None:
     """Shared memory for ipc peers (same host) where ``/dev/shm`` is usable; sweeps leftovers first.
 
-    A server's (``copy_out`` False) drops maps of its clients' segments once unused for a while.
+    A server's (``lasting_views`` False) drops unused maps of its clients' segments, reclaims those lent to the dead.
     """
     if ipc_path(address) is None or not shm_available():
         return None
     sweep()
-    return SocketMemory(copy_out, tidy=not copy_out)
+    return SocketMemory(lasting_views, tidy=not lasting_views)
 
 
 def _note_peer(memory: SocketMemory, pipe: pynng.Pipe) -> None:
@@ -343,8 +343,8 @@ class RequestSocket(_Socket):
             _check_owner(address, path)
         #: Why a connection was closed before use (a server of another user), for the error.
         self._refused: str | None = None
-        # Replies are copied out of the server's segments: it reuses them for its next reply.
-        self._segments = _shared_memory(address, copy_out=True)
+        # Reply arrays are views that keep the server's segment busy until they are released.
+        self._segments = _shared_memory(address, lasting_views=True)
         self._socket = pynng.Req0()
         if checked:
             # A server that binds the path later (the dial retries in the background) is checked too.

@@ -13,6 +13,12 @@ it*), so that neither the client nor the request handler sees a segment:
   for requests that carry ``meta.shm``;
 - only after ``true`` does the client send arrays out of band.
 
+Reply arrays reach the caller as read-only views on the server's segment,
+which stays busy until the last of them is released
+(:mod:`nahual._shm_maps`); while a request runs, the model may take its
+result arrays from the reply's own segments (:func:`nahual.reply_array`,
+:mod:`nahual._shm_replies`).
+
 When the connection drops (the server died or closed it), every request in
 flight fails at once with :class:`~nahual.errors.TransportError` instead of
 waiting out its timeout; whoever started the server can say why
@@ -30,10 +36,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import _protocol as protocol
+from ._legacy_wire import message_kind
 from ._nng import Channel, RequestSocket
 from ._protocol import Kind
+from ._shm_replies import ReplyBuffers
 from ._state import State
-from ._transport import Transport
+from ._transport import Transport, offering_reply_buffers
 from .errors import StateError, TimeoutError, TransportError
 
 if TYPE_CHECKING:
@@ -107,8 +115,8 @@ class NngTransport(Transport):
             message = protocol.plan(Kind.REQUEST, request.request_id, meta, request.payload, writer)
             channel.send(message, timeout)
             try:
-                # Reply arrays are copied out of the server's segments while decoding (it
-                # reuses them for its next reply), so the segments are released at once.
+                # Reply arrays are views on the server's segments: each stays busy until
+                # the last array on it is released, however many requests follow.
                 frame = protocol.decode(channel.recv(timeout), channel.segments)
             finally:
                 channel.release()
@@ -251,8 +259,14 @@ class Received:
         self.operation = self._codec.operation(buffer)
 
     def answer(self, handler: Handler) -> None:
-        """Answer with ``handler.handle(buffer, codec, peer)`` and send the reply."""
-        self._send(handler.handle(self._buffer, self._codec, peer=self._peer))
+        """Answer with ``handler.handle(buffer, codec, peer)`` and send the reply.
+
+        While the handler runs, :func:`nahual.reply_array` takes its arrays from
+        this server's segments when the reply will go through them.
+        """
+        with offering_reply_buffers(self._codec):
+            reply = handler.handle(self._buffer, self._codec, peer=self._peer)
+        self._send(reply)
 
     def refuse(self, handler: Handler, error: Exception) -> None:
         """Answer with ``error`` without running the request (``handler.refuse``) and send that reply."""
@@ -264,6 +278,7 @@ class Received:
         # released the request's segments already; one in this server's segments goes stale.
         with contextlib.suppress(TransportError):
             self._replier.channel.send(reply, self._replier.send_timeout)
+            self._codec.sent(reply, self._peer)
 
 
 class _SharedMemoryCodec:
@@ -273,15 +288,20 @@ class _SharedMemoryCodec:
         self._channel = channel
         #: Whether the reply goes through shared memory; None when the client did not ask.
         self._shares: bool | None = None
+        #: The reply's out-of-band writer, with the arrays the model filled in its segments.
+        self._buffers = ReplyBuffers(channel.writer) if channel.writer is not None else None
         #: The request decoded, or why it cannot be: it is decoded once, when received.
         self._decoded: Frame | Exception | None = None
 
     def operation(self, buffer: Any) -> str:
-        """Decode the request (once) and return its ``meta.op``; empty when it cannot be decoded."""
+        """Decode the request (once) and return its ``meta.op``; empty when it cannot be decoded.
+
+        A message of the earlier nahual wire (no v1 magic) is ``legacy``: model work, as ``process`` is.
+        """
         try:
             operation = self.decode(buffer).meta.get("op")
         except Exception:
-            return ""
+            return "" if message_kind(buffer) == "v1" else "legacy"
         return operation if isinstance(operation, str) else ""
 
     def decode(self, buffer: Any) -> Frame:
@@ -301,8 +321,16 @@ class _SharedMemoryCodec:
         """The reply, with ``meta.shm`` for a client that asked and large arrays in our segments if it maps them."""
         if self._shares is not None:
             meta = {**meta, "shm": self._shares}
-        writer = self._channel.writer if self._shares else None
-        return protocol.plan(kind, request_id, meta, payload, writer)
+        return protocol.plan(kind, request_id, meta, payload, self._buffers if self._shares else None)
+
+    def array(self, shape: tuple[int, ...], dtype: Any) -> Any:
+        """A reply array in one of our segments (:func:`nahual.reply_array`); None unless the reply goes there."""
+        return self._buffers.array(shape, dtype) if self._shares and self._buffers is not None else None
+
+    def sent(self, reply: MessagePlan, peer: int) -> None:
+        """The reply went out to connection ``peer``: the segments it names are the client's to free."""
+        if self._buffers is not None:
+            self._buffers.sent(reply, peer)
 
 
 def _shares_memory(offer: Any, segments: SegmentReader | None) -> bool | None:

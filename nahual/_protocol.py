@@ -17,6 +17,7 @@ received buffer: no copy, and nothing in a message can execute code.
 Out of band: a spec may add ``"segment": NAME``; its ``offset``/``nbytes``
 then refer to a same-host shared-memory segment, not the message.
 :func:`plan` places large arrays there through an :class:`OutOfBand` writer
+(or finds them there already, written by a model: ``nahual.reply_array``)
 and :func:`decode` resolves them through a :class:`SegmentResolver`; both
 come from the transport (``nahual/_shm.py``), which offers them over ipc only.
 """
@@ -44,6 +45,7 @@ __all__ = [
     "MessagePlan",
     "OutOfBand",
     "SegmentResolver",
+    "check_dtype",
     "decode",
     "encode",
     "plan",
@@ -96,7 +98,8 @@ def _align(offset: int) -> int:
     return -(-offset // ALIGNMENT) * ALIGNMENT
 
 
-def _check_dtype(dtype: np.dtype, where: str) -> None:
+def check_dtype(dtype: np.dtype, where: str) -> None:
+    """Raise :class:`PayloadError` for a dtype the protocol cannot carry (``where`` names the caller)."""
     if dtype.hasobject or dtype.fields is not None or dtype.kind in "VOMm" or dtype.subdtype is not None:
         raise PayloadError(
             f"{where}: arrays of dtype {dtype.str!r} ({dtype}) cannot be sent; "
@@ -105,7 +108,12 @@ def _check_dtype(dtype: np.dtype, where: str) -> None:
 
 
 class OutOfBand(Protocol):
-    """Where a sender puts large arrays instead of the message (``nahual._shm.SegmentWriter``)."""
+    """Where a sender puts large arrays instead of the message (``nahual._shm.SegmentWriter``).
+
+    A writer may also have ``locate(array) -> (name, offset) | None``: where an
+    array already lies in one of its segments (a model wrote it there), so
+    that it is sent without a copy (``nahual._shm_replies.ReplyBuffers``).
+    """
 
     threshold: int
 
@@ -115,12 +123,11 @@ class OutOfBand(Protocol):
 
 
 class SegmentResolver(Protocol):
-    """How a receiver reads out-of-band arrays (``nahual._shm.SegmentReader``)."""
+    """How a receiver reads out-of-band arrays (``nahual._shm_maps.SegmentReader``)."""
 
-    copy_out: bool
-
-    def view(self, name: str, offset: int, nbytes: int) -> memoryview:
-        """The bytes of segment ``name``; raises :class:`ProtocolError` for bad names or bounds."""
+    def view(self, name: str, offset: int, nbytes: int) -> Any:
+        """The bytes of segment ``name`` (a buffer that arrays may view for as long as they live);
+        raises :class:`ProtocolError` for bad names or bounds."""
 
 
 @dataclass
@@ -137,10 +144,14 @@ class MessagePlan:
     arrays: list[np.ndarray]
     offsets: list[int]
     nbytes: int
-    #: Per array: True when it goes into ``segment`` (at its offset there) instead of the message.
+    #: Per array: True when it goes into a segment (at its offset there) instead of the message.
     external: list[bool] = field(default_factory=list)
-    #: The writable out-of-band buffer, or None.
+    #: The writable out-of-band buffer of the arrays copied out of band, or None.
     segment: Any = None
+    #: Per array: True when it lies in its segment already (a model wrote it there): nothing to copy.
+    placed: list[bool] = field(default_factory=list)
+    #: The segments the message names, for the sender to lend once it is sent.
+    segment_names: list[str] = field(default_factory=list)
 
     def write_into(self, buffer: Any) -> None:
         """Write the message into a writable buffer of exactly ``nbytes`` bytes (and the segment)."""
@@ -151,8 +162,9 @@ class MessagePlan:
         start = ENVELOPE.size
         view[start : start + len(self.header)] = self.header
         external = self.external or [False] * len(self.arrays)
-        for array, offset, outside in zip(self.arrays, self.offsets, external):
-            if array.nbytes:
+        placed = self.placed or [False] * len(self.arrays)
+        for array, offset, outside, there in zip(self.arrays, self.offsets, external, placed):
+            if array.nbytes and not there:
                 target = np.frombuffer(self.segment if outside else view, array.dtype, array.size, offset)
                 np.copyto(target.reshape(array.shape), array, casting="no")
 
@@ -167,7 +179,7 @@ def _to_tree(value: Any, arrays: list[np.ndarray], depth: int) -> Any:
     if isinstance(value, np.generic):
         value = np.asarray(value)
     if isinstance(value, np.ndarray):
-        _check_dtype(value.dtype, "payload")
+        check_dtype(value.dtype, "payload")
         arrays.append(value)
         return {ARRAY_TAG: "array", "index": len(arrays) - 1}
     if isinstance(value, Mapping):
@@ -216,7 +228,8 @@ def plan(
     if meta_arrays:
         raise PayloadError("message meta holds JSON values only; send arrays in the payload")
     specs = [{"dtype": a.dtype.str, "shape": list(a.shape), "nbytes": a.nbytes} for a in arrays]
-    external, placement = _place_out_of_band(arrays, specs, out_of_band)
+    placed = _locate_out_of_band(arrays, specs, out_of_band)
+    external, placement = _place_out_of_band(arrays, specs, placed, out_of_band)
     # The header's length depends on the offsets and vice versa: place the
     # buffers after a header measured with placeholder offsets of full width.
     draft = json.dumps({"meta": meta_tree, "payload": tree, "arrays": [dict(s, offset=2**63) for s in specs]})
@@ -231,25 +244,44 @@ def plan(
     total = end if any(not outside for outside in external) else ENVELOPE.size + len(header)
     offsets = [spec["offset"] for spec in specs]
     segment = placement.buffer if placement is not None else None
-    return MessagePlan(kind, request_id, header, arrays, offsets, total, external, segment)
+    names = list(dict.fromkeys(spec["segment"] for spec in specs if "segment" in spec))
+    return MessagePlan(kind, request_id, header, arrays, offsets, total, external, segment, placed, names)
+
+
+def _locate_out_of_band(
+    arrays: list[np.ndarray], specs: list[dict[str, Any]], out_of_band: OutOfBand | None
+) -> list[bool]:
+    """Mark the arrays that lie in the writer's segments already (no copy) and give them their place."""
+    locate = getattr(out_of_band, "locate", None)
+    placed = [False] * len(arrays)
+    if locate is None:
+        return placed
+    for i, (array, spec) in enumerate(zip(arrays, specs)):
+        where = locate(array)
+        if where is not None:
+            spec["segment"], spec["offset"] = where
+            placed[i] = True
+    return placed
 
 
 def _place_out_of_band(
-    arrays: list[np.ndarray], specs: list[dict[str, Any]], out_of_band: OutOfBand | None
+    arrays: list[np.ndarray], specs: list[dict[str, Any]], placed: list[bool], out_of_band: OutOfBand | None
 ) -> tuple[list[bool], Any]:
-    """Mark the arrays that go out of band and give them their segment offsets."""
-    external = [out_of_band is not None and a.nbytes >= out_of_band.threshold for a in arrays]
+    """Mark the arrays that go out of band (copied, or placed already) and give them their segment offsets."""
+    copied = [
+        out_of_band is not None and not there and a.nbytes >= out_of_band.threshold for a, there in zip(arrays, placed)
+    ]
     placement = None
-    if any(external):
-        placement = out_of_band.place([a.nbytes for a, outside in zip(arrays, external) if outside])
+    if any(copied):
+        placement = out_of_band.place([a.nbytes for a, outside in zip(arrays, copied) if outside])
     if placement is None:
-        return [False] * len(arrays), None
+        return list(placed), None
     offsets = iter(placement.offsets)
-    for spec, outside in zip(specs, external):
+    for spec, outside in zip(specs, copied):
         if outside:
             spec["segment"] = placement.name
             spec["offset"] = next(offsets)
-    return external, placement
+    return [a or b for a, b in zip(copied, placed)], placement
 
 
 def encode(kind: int, request_id: int, meta: Mapping[str, Any] | None = None, payload: Any = None) -> bytearray:
@@ -285,7 +317,7 @@ def _parse_array(spec: Any, view: memoryview, header_end: int, segments: Segment
         raise ProtocolError(f"bad array dtype {dtype_str!r}")
     try:
         dtype = np.dtype(dtype_str)
-        _check_dtype(dtype, "received")
+        check_dtype(dtype, "received")
     except (TypeError, ValueError) as exc:
         raise ProtocolError(f"bad array dtype {dtype_str!r}: {exc}") from None
     if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
@@ -306,8 +338,6 @@ def _parse_array(spec: Any, view: memoryview, header_end: int, segments: Segment
         array = np.frombuffer(source, dtype=dtype, count=count, offset=offset).reshape(shape)
     except ValueError as exc:
         raise ProtocolError(f"array of shape {shape} and dtype {dtype_str}: {exc}") from None
-    if source is not view and segments.copy_out:
-        array = array.copy()  # the sender reuses its segment once we release it
     array.flags.writeable = False
     return array
 
@@ -331,8 +361,8 @@ def decode(buffer: Any, segments: SegmentResolver | None = None) -> Frame:
     """Decode a message; arrays are read-only views that keep ``buffer`` alive.
 
     ``segments`` resolves out-of-band arrays (ipc only); without it they are
-    refused. Where ``segments.copy_out`` is set they are copied out of the
-    segment (one copy), else they are views on it.
+    refused. They are views on what it resolves, as in-band arrays are views
+    on the message: nothing is copied.
 
     Raises
     ------

@@ -9,9 +9,11 @@ processes left; the reading side, a socket's maps of its peers' segments, is
 Layout and lifetime rules are in ``docs/protocol.md``: a segment starts with
 magic ``b"NHSM"`` and a *state* word; the sender sets ``BUSY`` (or
 ``ONESHOT``) before sending, the receiver sets ``FREE`` once done with the
-bytes, and only then is the segment written again (a worker's next reply may
-go to another client, and a client that timed out reuses its channel while
-the server still runs the request).
+bytes (a client: once the last array viewing them is released), and only
+then is the segment written again (a worker's next reply may go to another
+client, and a client that timed out reuses its channel while the server
+still runs the request). A segment may also be *held* by this process, filled
+by a model before the reply is planned (:meth:`SegmentWriter.allocate`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import secrets
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +47,7 @@ THRESHOLD = 256 * 1024
 #: Messages needing more than this get a one-shot segment the receiver unlinks, so
 #: nothing keeps huge segments mapped between messages.
 MAX_REUSED = 256 * 1024 * 1024
-#: Segments one socket keeps at most: about one per request in flight.
+#: Segments one socket keeps at most: about one per request in flight (more go to one-shot segments).
 POOL = 8
 #: Free segments unused for this long are closed when the next message is placed (one stays).
 IDLE_S = 30.0
@@ -82,6 +85,7 @@ def sweep(directory: str | None = None) -> list[str]:
 
 
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs; a zombie (killed, not yet reaped by its parent) does not."""
     if pid <= 0:
         return False
     try:
@@ -90,7 +94,12 @@ def _alive(pid: int) -> bool:
         return False
     except OSError:
         return True  # exists, owned by someone else
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+    except OSError:
+        return True  # no procfs: trust kill()
+    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] != b"Z"
 
 
 class Segment:
@@ -168,13 +177,27 @@ class SegmentWriter:
         Arrays of at least this many bytes are placed out of band.
     directory : str, optional
         Where to create segments (default ``/dev/shm``).
+    peer_pid : callable, optional
+        The process behind a connection (nng pipe id), or None when unknown:
+        segments lent to a process that died are reclaimed (:meth:`reclaim`).
     """
 
-    def __init__(self, threshold: int = THRESHOLD, directory: str | None = None) -> None:
+    def __init__(
+        self,
+        threshold: int = THRESHOLD,
+        directory: str | None = None,
+        peer_pid: Callable[[int], int | None] | None = None,
+    ) -> None:
         self.threshold = threshold
         self._directory = directory
+        self._peer_pid = peer_pid
         self._segments: list[Segment] = []
-        self._oneshots: list[tuple[str, float]] = []
+        #: One-shot segments the receiver has not unlinked yet, by name: when they were made or sent.
+        self._oneshots: dict[str, float] = {}
+        #: Segments an array of this process still views (:meth:`allocate`), by name: never reused nor abandoned.
+        self._held: set[str] = set()
+        #: Segments sent to another process, by name: that process's pid.
+        self._lent: dict[str, int] = {}
         self._lock = threading.Lock()
         self._closed = False
 
@@ -184,17 +207,29 @@ class SegmentWriter:
         for size in sizes:
             offsets.append(end)
             end = _align(end + size)
+        return self._reserve(end, offsets, held=False)
+
+    def allocate(self, nbytes: int) -> Placement | None:
+        """A segment for one buffer of ``nbytes`` that the caller fills itself (a model's reply array).
+
+        The segment is *held*, never reused nor abandoned, until :meth:`unhold`
+        (the caller let go of every view on it); None when no segment can be made.
+        """
+        return self._reserve(HEADER + nbytes, [HEADER], held=True)
+
+    def _reserve(self, size: int, offsets: list[int], held: bool) -> Placement | None:
         with self._lock:
             if self._closed:
                 return None
             self._reap()
             try:
-                segment = self._oneshot(end) if end > MAX_REUSED else self._reusable(end)
+                segment = self._take(size)
             except OSError:
                 return None  # no room in /dev/shm, or none at all: nng carries the arrays
-            if segment is None:
-                return None
             segment.busy_since = time.monotonic()
+            if held:
+                self._held.add(segment.name)
+            self._lent.pop(segment.name, None)
             return Placement(segment.name, offsets, segment.map)
 
     def probe(self) -> str | None:
@@ -207,9 +242,58 @@ class SegmentWriter:
                     return None
             return self._segments[0].name if self._segments else None
 
+    def lend(self, names: list[str], pipe: int) -> None:
+        """The segments ``names`` were sent on connection ``pipe``: busy until its process frees them or dies."""
+        pid = self._peer_pid(pipe) if self._peer_pid is not None else None
+        now = time.monotonic()
+        with self._lock:
+            for segment in self._segments:
+                if segment.name in names:
+                    segment.busy_since = now  # STALE_S counts from here
+            for name in names:
+                if name in self._oneshots:
+                    self._oneshots[name] = now
+            if pid is not None:
+                self._lent.update(dict.fromkeys(names, pid))
+
+    def unhold(self, name: str, sent: bool) -> None:
+        """The caller let go of a held segment: reusable once its reader frees it (``sent``), else at once."""
+        with self._lock:
+            self._held.discard(name)
+            if not sent:
+                self._free(name)
+
+    def reclaim(self) -> list[str]:
+        """Free the segments lent to processes that died (killed holding replies); returns their names."""
+        with self._lock:
+            dead = [name for name, pid in self._lent.items() if not _alive(pid)]
+            for name in dead:
+                del self._lent[name]
+                self._free(name)
+        return dead
+
+    def _free(self, name: str) -> None:
+        """What no reader will free: a pooled segment is marked FREE, a one-shot one unlinked."""
+        for segment in self._segments:
+            if segment.name == name:
+                if segment.map is not None:
+                    segment.state = FREE
+                return
+        if self._oneshots.pop(name, None) is not None:
+            self._unlink(name)
+
+    def _unlink(self, name: str) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(self._directory or SHM_DIR, name))
+
+    def _take(self, size: int) -> Segment:
+        """A pooled segment when one fits the rules, else a one-shot one (above MAX_REUSED, or a full pool)."""
+        segment = self._reusable(size) if size <= MAX_REUSED else None
+        return segment if segment is not None else self._oneshot(size)
+
     def _reusable(self, size: int) -> Segment | None:
         """The smallest free segment that fits, else the largest free one grown, else a new one."""
-        free = sorted((s for s in self._segments if s.state == FREE), key=lambda s: s.size)
+        free = sorted((s for s in self._segments if s.state == FREE and s.name not in self._held), key=lambda s: s.size)
         segment = next((s for s in free if s.size >= size), free[-1] if free else None)
         if segment is None:
             if len(self._segments) >= POOL:
@@ -222,22 +306,27 @@ class SegmentWriter:
 
     def _oneshot(self, size: int) -> Segment:
         segment = Segment(size, ONESHOT, self._directory)
-        self._oneshots.append((segment.path, time.monotonic()))
+        self._oneshots[segment.name] = time.monotonic()
         segment.close(unlink=False, keep_map=True)  # the receiver unlinks it
         return segment
 
     def _reap(self) -> None:
-        """Abandon segments whose reader never released them; close those idle for long."""
+        """Abandon segments whose reader never released them (unless held); close those idle for long."""
         now = time.monotonic()
-        stale = [s for i, s in enumerate(self._segments) if _expired(s, now, keep=i == 0)]
+        stale = [s for i, s in enumerate(self._segments) if s.name not in self._held and _expired(s, now, keep=i == 0)]
         for segment in stale:
             segment.close()
         self._segments = [s for s in self._segments if s not in stale]
-        for path, made in self._oneshots:
+        directory = self._directory or SHM_DIR
+        for name, made in list(self._oneshots.items()):
+            if name in self._held:
+                continue
             if now - made > STALE_S:
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
-        self._oneshots = [(p, t) for p, t in self._oneshots if now - t <= STALE_S and os.path.exists(p)]
+                self._unlink(name)
+            if now - made > STALE_S or not os.path.exists(os.path.join(directory, name)):
+                del self._oneshots[name]  # abandoned, or unlinked by its receiver
+        names = {s.name for s in self._segments} | set(self._oneshots)
+        self._lent = {name: pid for name, pid in self._lent.items() if name in names}
 
     def close(self) -> None:
         """Unlink every segment of this socket (idempotent)."""
@@ -245,10 +334,9 @@ class SegmentWriter:
             self._closed = True
             for segment in self._segments:
                 segment.close()
-            for path, _made in self._oneshots:
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
-            self._segments, self._oneshots = [], []
+            for name in self._oneshots:
+                self._unlink(name)
+            self._segments, self._oneshots, self._held, self._lent = [], {}, set(), {}
 
 
 def _expired(segment: Segment, now: float, keep: bool) -> bool:

@@ -1,11 +1,14 @@
 """Same-host shared memory, the reading side: a socket's maps of its peers' segments.
 
-Layer: beside the wire protocol (stdlib, numpy-free), next to :mod:`nahual._shm`
+Layer: beside the wire protocol (stdlib and numpy), next to :mod:`nahual._shm`
 (the segments a process writes). The nng transport gives each socket one
 :class:`SocketMemory`: its own :class:`~nahual._shm.SegmentWriter` and a
 :class:`SegmentCache` of the peers' segments it mapped, and each channel a
-:class:`SegmentReader`. A mapped segment pins its memory even after its
-creator unlinked it, so maps are dropped when they can no longer be needed
+:class:`SegmentReader`. On a client, received arrays are views that keep
+their segment busy for its sender until the last of them is released (a
+finalizer on the numpy buffer they share), so nothing is copied out and no
+reply is overwritten under a caller. A mapped segment pins its memory even
+after its creator unlinked it, so maps are dropped when they can no longer be needed
 (``docs/protocol.md``, *Clean-up*): when the peer that created them
 disconnects, and, on a server, when they have not been used for
 :data:`PEER_IDLE_S` seconds.
@@ -19,8 +22,11 @@ import os
 import stat
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from . import _shm as shm
 from ._shm import FREE, HEADER, MAGIC, NAME_RE, ONESHOT, STATE, STATE_OFFSET, SegmentWriter
@@ -48,15 +54,16 @@ class SegmentCache:
 
     Parameters
     ----------
-    copy_out : bool
-        True where the sender reuses segments as soon as they are released (the
-        client: replies are copied into private memory while decoding).
+    lasting_views : bool
+        True on a client: a received message's segments stay busy until the
+        last array viewing them is released. False on a server: request arrays
+        are valid until the reply is sent, which frees their segments.
     directory : str, optional
         Where segments live (default ``/dev/shm``).
     """
 
-    def __init__(self, copy_out: bool, directory: str | None = None) -> None:
-        self.copy_out = copy_out
+    def __init__(self, lasting_views: bool, directory: str | None = None) -> None:
+        self.lasting_views = lasting_views
         self._directory = directory
         self._maps: dict[str, _Mapped] = {}
         self._lock = threading.Lock()
@@ -66,8 +73,8 @@ class SegmentCache:
         """A per-channel reader that remembers which segments to release."""
         return SegmentReader(self)
 
-    def mapping(self, name: str, end: int) -> tuple[mmap.mmap, bool]:
-        """Segment ``name``, mapped to at least ``end`` bytes if the file has them, and whether it is one-shot."""
+    def mapping(self, name: str) -> tuple[mmap.mmap, bool]:
+        """Segment ``name``, mapped whole (again, if the file grew since), and whether it is one-shot."""
         if not isinstance(name, str) or NAME_RE.match(name) is None:
             raise ProtocolError(f"bad shared-memory segment name {name!r}")
         with self._lock:
@@ -78,7 +85,7 @@ class SegmentCache:
                 mapped = self._open(name)
                 if mapped.fd < 0:
                     return mapped.map, True
-            elif end > len(mapped.map):
+            elif os.fstat(mapped.fd).st_size > len(mapped.map):
                 mapped = _Mapped(self._checked_map(mapped.fd, name), mapped.fd)  # it grew
             mapped.used = time.monotonic()
             self._maps[name] = mapped  # most recently used last
@@ -154,47 +161,62 @@ class SegmentCache:
 class SegmentReader:
     """What :func:`nahual._protocol.decode` resolves segment names with, for one channel.
 
-    It keeps the segments a received message used mapped until :meth:`release`
-    marks them FREE for their sender, once the channel is done with that message.
+    Each segment a received message uses gets one numpy buffer that the
+    message's arrays view. :meth:`release` is called once the channel is done
+    with that message: on a server it marks the segments FREE for their
+    sender; on a client (``lasting_views``) the buffer's finalizer does, once
+    the last array on it is gone.
     """
 
     def __init__(self, cache: SegmentCache) -> None:
         self.cache = cache
-        self._used: dict[str, mmap.mmap] = {}
-        self._oneshots: dict[str, mmap.mmap] = {}
+        #: The last message's buffer on each segment it used, by name.
+        self._buffers: dict[str, np.ndarray] = {}
+        #: The segments to mark FREE at :meth:`release` (a server's; never one-shot ones).
+        self._used: list[mmap.mmap] = []
 
-    @property
-    def copy_out(self) -> bool:
-        """Whether decoded arrays must be copied out of the segment."""
-        return self.cache.copy_out
-
-    def view(self, name: str, offset: int, nbytes: int) -> memoryview:
-        """Bytes of a peer segment (raises :class:`ProtocolError` for bad names or bounds)."""
+    def view(self, name: str, offset: int, nbytes: int) -> np.ndarray:
+        """Bytes of a peer segment, as a uint8 view (raises :class:`ProtocolError` for bad names or bounds)."""
         if not isinstance(name, str) or NAME_RE.match(name) is None:
             raise ProtocolError(f"bad shared-memory segment name {name!r}")
         if type(offset) is not int or type(nbytes) is not int or offset < HEADER or offset % HEADER or nbytes < 0:
             raise ProtocolError(f"segment offset {offset!r} is not an aligned offset past the segment header")
-        segment = self._oneshots.get(name)
-        if segment is None:
-            segment, oneshot = self.cache.mapping(name, offset + nbytes)
-            (self._oneshots if oneshot else self._used)[name] = segment
-        if offset + nbytes > len(segment):
-            raise ProtocolError(f"bytes [{offset}, {offset + nbytes}) lie outside segment {name} of {len(segment)}")
-        return memoryview(segment)[offset : offset + nbytes]
+        buffer = self._buffers.get(name)
+        if buffer is None:
+            buffer = self._buffers[name] = self._buffer(name)
+        if offset + nbytes > len(buffer):
+            raise ProtocolError(f"bytes [{offset}, {offset + nbytes}) lie outside segment {name} of {len(buffer)}")
+        return buffer[offset : offset + nbytes]
+
+    def _buffer(self, name: str) -> np.ndarray:
+        segment, oneshot = self.cache.mapping(name)
+        buffer = np.frombuffer(segment, np.uint8)
+        if not oneshot:  # a one-shot segment is never written again: nothing to free
+            if self.cache.lasting_views:
+                weakref.finalize(buffer, _free, segment)
+            else:
+                self._used.append(segment)
+        return buffer
 
     def probe(self, name: Any) -> bool:
         """True when the peer's segment ``name`` can be opened here (same host, same ``/dev/shm``)."""
         try:
-            self.cache.mapping(name, HEADER)
+            self.cache.mapping(name)
         except (ProtocolError, TypeError):
             return False
         return True
 
     def release(self) -> None:
-        """Mark the segments of the last received message FREE for their sender."""
-        used, self._used, self._oneshots = self._used, {}, {}
-        for segment in used.values():
-            STATE.pack_into(segment, STATE_OFFSET, FREE)
+        """Done with the last received message: free its segments now (server) or with its last view (client)."""
+        used, self._used, self._buffers = self._used, [], {}
+        for segment in used:
+            _free(segment)
+
+
+def _free(segment: mmap.mmap) -> None:
+    """Mark a peer's segment FREE: its sender may write it again."""
+    with contextlib.suppress(ValueError):  # a map closed meanwhile
+        STATE.pack_into(segment, STATE_OFFSET, FREE)
 
 
 class SocketMemory:
@@ -202,19 +224,20 @@ class SocketMemory:
 
     Parameters
     ----------
-    copy_out : bool
+    lasting_views : bool
         See :class:`SegmentCache` (True on the client side).
     tidy : bool
-        Drop maps unused for :data:`PEER_IDLE_S` from a background thread (a
-        server, which may sit idle for long after its clients left).
+        From a background thread, drop maps unused for :data:`PEER_IDLE_S` and
+        reclaim segments lent to processes that died (a server, which may sit
+        idle for long after its clients left).
     """
 
-    def __init__(self, copy_out: bool, tidy: bool = False) -> None:
-        self.writer = SegmentWriter()
-        self.cache = SegmentCache(copy_out)
+    def __init__(self, lasting_views: bool, tidy: bool = False) -> None:
         #: The process id behind each connection (nng pipe id), where the transport tells it.
         self._peers: dict[int, int] = {}
         self._lock = threading.Lock()
+        self.writer = SegmentWriter(peer_pid=self.peer_pid)
+        self.cache = SegmentCache(lasting_views)
         self._closed = threading.Event()
         if tidy:
             threading.Thread(target=self._tidy, name="nahual-shm-tidy", daemon=True).start()
@@ -223,6 +246,11 @@ class SocketMemory:
         """Remember that connection ``pipe`` comes from process ``pid``."""
         with self._lock:
             self._peers[pipe] = pid
+
+    def peer_pid(self, pipe: int) -> int | None:
+        """The process behind connection ``pipe``, if known."""
+        with self._lock:
+            return self._peers.get(pipe)
 
     def peer_gone(self, pipe: int) -> None:
         """Connection ``pipe`` closed: drop the maps of its process's segments unless it has another one."""
@@ -235,6 +263,7 @@ class SocketMemory:
     def _tidy(self) -> None:
         while not self._closed.wait(TIDY_S):
             self.cache.drop_idle(PEER_IDLE_S)
+            self.writer.reclaim()
 
     def close(self) -> None:
         """Unlink this socket's segments and drop its maps of the peers' (idempotent)."""

@@ -13,23 +13,33 @@ timeout. Two implementations exist:
 Both carry the same encoded bytes, so a request behaves alike through either.
 On the serving side a handler turns one received message into one reply
 through a :class:`Codec`, which is where a transport may add its own
-out-of-band buffers (:data:`PLAIN` adds none).
+out-of-band buffers (:data:`PLAIN` adds none). While a request runs, the
+transport may also offer a :class:`ReplyAllocator` (:func:`offering_reply_buffers`),
+from which :func:`reply_array` gives a model arrays that the reply carries
+without a copy.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
 
 from . import _protocol as protocol
 from ._state import State
-from .errors import StateError
+from .errors import PayloadError, StateError
 
 if TYPE_CHECKING:
+    from numpy.typing import DTypeLike
+
     from ._protocol import Frame, MessagePlan
 
-__all__ = ["PLAIN", "Codec", "Handler", "Transport"]
+__all__ = ["PLAIN", "Codec", "Handler", "ReplyAllocator", "Transport", "offering_reply_buffers", "reply_array"]
 
 
 class Transport(ABC):
@@ -137,3 +147,65 @@ class Handler(Protocol):
 
     def refuse(self, buffer: Any, codec: Codec, error: Exception) -> MessagePlan:
         """Answer one received message with ``error``, without running it (a server at its limit)."""
+
+
+class ReplyAllocator(Protocol):
+    """Where :func:`reply_array` takes its arrays while a transport serves a request."""
+
+    def array(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
+        """A writable array the reply can send where it is, or None (then it is a plain one)."""
+
+
+_REPLY_BUFFERS: ContextVar[ReplyAllocator | None] = ContextVar("nahual_reply_buffers", default=None)
+
+
+@contextlib.contextmanager
+def offering_reply_buffers(allocator: ReplyAllocator) -> Iterator[None]:
+    """Let :func:`reply_array` take its arrays from ``allocator`` in this thread, for the ``with`` block."""
+    token = _REPLY_BUFFERS.set(allocator)
+    try:
+        yield
+    finally:
+        _REPLY_BUFFERS.reset(token)
+
+
+def reply_array(shape: int | tuple[int, ...], dtype: DTypeLike = float) -> np.ndarray:
+    """A new, uninitialised array for a model's result, which the reply sends without copying it where it can.
+
+    Called from ``Model.process`` on a server whose client maps shared memory
+    (same host, ``ipc://``), a large array lives in the reply's own segment:
+    the model writes its result once (``np.add(a, b, out=result)``,
+    ``torch.from_numpy(result).copy_(t)``), and returning it, or a C-contiguous
+    leading part of it (``result[:n]``), sends those bytes as they are.
+    Anywhere else (tcp, in-process, small arrays, no ``/dev/shm``) it is
+    ``np.empty(shape, dtype)``. Once returned, the array belongs to the reply:
+    a model must not keep it or write it afterwards.
+
+    Parameters
+    ----------
+    shape : int or tuple of int
+        The array's shape.
+    dtype : dtype-like
+        Any dtype the protocol carries (not object or structured ones).
+
+    Returns
+    -------
+    numpy.ndarray
+        A writable C-contiguous array with undefined contents (as ``np.empty``).
+
+    Raises
+    ------
+    PayloadError
+        For a negative dimension or a dtype the protocol cannot carry.
+    """
+    dims = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+    if not all(isinstance(n, (int, np.integer)) and n >= 0 for n in dims):
+        raise PayloadError(f"reply_array shape must be non-negative integers, got {shape!r}")
+    try:
+        kind = np.dtype(dtype)
+    except TypeError as exc:
+        raise PayloadError(f"reply_array dtype must be a numpy dtype, got {dtype!r}: {exc}") from None
+    protocol.check_dtype(kind, "reply_array")
+    allocator = _REPLY_BUFFERS.get()
+    array = allocator.array(tuple(int(n) for n in dims), kind) if allocator is not None else None
+    return array if array is not None else np.empty(dims, kind)

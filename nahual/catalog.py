@@ -32,6 +32,12 @@ CATALOG: Mapping[str, str] = {
     "cellpose": "uv:{envs}/cellpose",
     "cellpose-sam": "uv:{envs}/cellpose-sam",
     "trackastra": "uv:{envs}/trackastra",
+    "dinov2": "uv:{envs}/dino",
+    "dinov3": "uv:{envs}/dino",
+    "baby": "uv:{envs}/baby",
+    "bioimageio": "uv:{envs}/bioimageio-onnx",
+    "bioimageio-torch": "uv:{envs}/bioimageio-torch",
+    "bioimageio-tf": "uv:{envs}/bioimageio-tf",
 }
 
 

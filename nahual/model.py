@@ -20,14 +20,16 @@ Layer: model author API (numpy only). A model is one small file::
             return {"labels": labels.astype("uint32")}
 
 The server creates one instance per distinct (model, load params), calls
-``load`` once, then ``process`` for every request. Payloads are dicts of
-numpy arrays and JSON values (see ``docs/protocol.md``); arrays that arrive
-from the network are read-only views, so copy before writing into them.
+``load`` once, then ``process`` for every request (``process_batch`` for
+several at once when the contract has ``max_batch`` above 1). Payloads are
+dicts of numpy arrays and JSON values (see ``docs/protocol.md``); arrays that
+arrive from the network are read-only views, so copy before writing into them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, ClassVar
@@ -40,7 +42,7 @@ from .errors import ContractError, ParamError
 __all__ = ["OUTPUT_KINDS", "Contract", "Model", "Param"]
 
 #: What a model produces; the streaming layer picks its writer from this.
-OUTPUT_KINDS = ("labels", "tracks", "features", "embeddings", "array")
+OUTPUT_KINDS = ("labels", "tracks", "features", "embeddings", "cells", "array")
 
 
 @dataclass(frozen=True)
@@ -65,10 +67,33 @@ class Contract:
         False when the model needs whole frames (trackers, embeddings).
     halo : int
         Pixels of context the model needs around a tile for exact borders.
+    reads_scale : bool
+        True when the model reads the payload's ``scale``: ``{axis: pixel size}``
+        of the spatial axes as the store records them (micrometres in
+        OME-Zarr), for models that rescale to their network's pixel size
+        (BABY). Off by default, so other payloads stay as they were.
     params : dict
         Parameter names to their one-line description (what each takes and its
         default), for ``info`` and ``nahual models``. In a :class:`Model` it is
         written from the model's ``param_spec``; leave it empty there.
+    max_batch : int
+        Payloads the model takes in one call. Above 1 the server gathers
+        concurrent requests for one instance (with equal call params) and
+        calls :meth:`Model.process_batch` with up to this many; 1 (the
+        default): one :meth:`Model.process` call per request.
+    batch_wait_ms : float
+        Milliseconds a batch that is not full waits for more requests, counted
+        from when its first request arrived or the model became free,
+        whichever is later (only with ``max_batch`` above 1).
+    concurrency : int
+        Calls one instance runs at once: above 1 only for a model whose
+        ``process`` (or ``process_batch``) is thread-safe and releases the GIL
+        (numpy, torch), so that one loaded copy serves several requests
+        side by side. 1 (the default): one call at a time.
+    about : dict
+        What a loaded instance is, as JSON values, for ``info`` and every
+        output's provenance (a bioimage.io package's name, id, version,
+        license, authors and citation); empty for most models.
     """
 
     axes: tuple[str, ...] = ()
@@ -78,11 +103,23 @@ class Contract:
     output: str = "array"
     tiling: bool = True
     halo: int = 0
+    reads_scale: bool = False
     params: dict[str, str] = field(default_factory=dict)
+    max_batch: int = 1
+    batch_wait_ms: float = 5.0
+    concurrency: int = 1
+    about: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.output not in OUTPUT_KINDS:
             raise ContractError(f"contract output must be one of {OUTPUT_KINDS}, got {self.output!r}")
+        for name in ("max_batch", "concurrency"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ContractError(f"contract {name} must be an integer of at least 1, got {value!r}")
+        wait = self.batch_wait_ms
+        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait < math.inf:
+            raise ContractError(f"contract batch_wait_ms must be a finite number of at least 0, got {wait!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form, as sent in ``info``."""
@@ -189,6 +226,26 @@ class Model:
             raise ParamError(f"{owner}: Contract(params=...) is written from param_spec; leave it out")
         cls.contract = replace(cls.contract, params=descriptions)
         cls.defaults = MappingProxyType({param.name: param.default for param in cls.param_spec})
+        cls.check_contract(cls.contract)
+
+    @classmethod
+    def check_contract(cls, contract: Contract) -> None:
+        """Check that this class implements what ``contract`` promises.
+
+        Run when the class is defined, and by the server after ``load`` (which
+        may set an instance's own contract, e.g. ``max_batch`` from a param).
+
+        Raises
+        ------
+        ContractError
+            When the contract has ``max_batch`` above 1 and the class does not
+            override :meth:`process_batch`.
+        """
+        if contract.max_batch > 1 and cls.process_batch is Model.process_batch:
+            owner = cls.name or cls.__name__
+            raise ContractError(
+                f"{owner}: contract max_batch {contract.max_batch} needs a process_batch method, found only process"
+            )
 
     @classmethod
     def check_params(cls, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -236,8 +293,34 @@ class Model:
 
     def process(self, payload: Any, **params: Any) -> Any:
         """Process one payload; ``params`` are per-call overrides. Must be thread-safe
-        if the model is to serve concurrent requests on one instance."""
+        if the contract's ``concurrency`` is above 1."""
         raise NotImplementedError(f"{type(self).__name__} does not implement process()")
+
+    def process_batch(self, payloads: Sequence[Any], **params: Any) -> Sequence[Any]:
+        """Process several payloads in one call (models whose contract has ``max_batch`` above 1).
+
+        The server calls it instead of :meth:`process` with between 1 and
+        ``max_batch`` payloads of concurrent requests that share the same call
+        ``params``. Payloads stay separate (not stacked): edge tiles differ in
+        shape and payloads hold JSON values too, so the model stacks (and
+        pads) what it can.
+
+        Parameters
+        ----------
+        payloads : sequence
+            One request's payload per item, in arrival order.
+        **params
+            The per-call overrides every one of these requests carries.
+
+        Returns
+        -------
+        sequence
+            One result per payload, in the same order. An item that is an
+            exception fails its own request only; when the call raises, the
+            server runs each payload again alone, so that a bad payload fails
+            alone too.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not implement process_batch()")
 
     def close(self) -> None:
         """Release resources when the instance is unloaded (default: nothing)."""

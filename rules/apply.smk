@@ -46,6 +46,7 @@ rule model_apply:
         source=get_source,
         step=get_step,
         address=get_server_address,
+        ready=get_ready_arg,
         options=get_apply_args,
     log:
         "logs/model_apply/{image}/{consumer}.log",
@@ -58,5 +59,5 @@ rule model_apply:
         mem_mb=1000,
         runtime=60,
     shell:
-        "nahual apply {params.source:q} {params.step} --server {params.address} --ready {input.server:q} "
+        "nahual apply {params.source:q} {params.step} --server {params.address:q} {params.ready} "
         "{params.options} --done {output:q} > {log} 2>&1"

@@ -169,20 +169,32 @@ def model_of(step):
 
 
 def get_server(wildcards):
-    """The service file of the server a consumer uses: the image's shards are dealt round-robin over its instances."""
+    """The service file of the server a consumer uses: the image's shards are dealt round-robin over its instances.
+
+    None (``[]``) for a model with ``server:``: that server runs already, and no job here starts it.
+    """
     step, shard = parse_consumer(wildcards.consumer)
+    if "server" in model_of(step):
+        return []
     batch = (shard[0] if shard else 0) % model_of(step)["instances"]
     return f"results/servers/{step}/{wildcards.image}/{batch}.ready"
 
 
 def get_server_socket(wildcards):
     """The socket of that server (also a service file, so that Snakemake removes it after a failure)."""
-    return get_server(wildcards)[: -len(".ready")] + ".sock"
+    ready = get_server(wildcards)
+    return ready[: -len(".ready")] + ".sock" if ready else []
 
 
 def get_server_address(wildcards):
-    """The ipc address of that server, relative to the working directory."""
-    return f"ipc://{get_server_socket(wildcards)}"
+    """The ipc address of that server, relative to the working directory; or the model's ``server:``."""
+    running = model_of(parse_consumer(wildcards.consumer)[0]).get("server")
+    return running or f"ipc://{get_server_socket(wildcards)}"
+
+
+def get_ready_arg(wildcards, input):
+    """``--ready FILE`` of a consumer whose server the workflow starts; nothing for a model's ``server:``."""
+    return f"--ready {shlex.quote(input.server)}" if input.server else ""
 
 
 def get_serve_address(wildcards, output):

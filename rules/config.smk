@@ -186,7 +186,9 @@ def check_image_paths(images):
 # ---------------------------------------------------------------- models and chain
 
 #: Output kinds the workflow handles (apply.smk; labels steps are then stitched by segment.smk).
-KINDS = ("labels", "tracks", "features", "embeddings")
+KINDS = ("labels", "tracks", "features", "embeddings", "cells")
+#: Kinds whose steps write labels/STEP, which later steps may read (a cells step: its cells, buds over mothers).
+LABEL_KINDS = ("labels", "cells")
 #: Registered model name -> its class, or None when the orchestrator cannot import it (filled on demand).
 MODEL_CLASSES = {}
 
@@ -230,8 +232,25 @@ def check_params(model, params, key):
         raise config_error(key, str(exc)) from None
 
 
+def speaks_earlier_wire(model):
+    """Whether a model's steps go to a running server of the earlier nahual (``server: nahual0+ADDRESS``)."""
+    return model.get("server", "").startswith("nahual0+")
+
+
+def check_server(key, address):
+    """A running server's address (``models.NAME.server``), checked as the consumers' client will take it."""
+    from nahual._nng import check_address
+    from nahual.client._legacy import is_legacy_address, parse_legacy_address
+    from nahual.errors import ConfigError
+
+    try:
+        parse_legacy_address(address) if is_legacy_address(address) else check_address(address)
+    except ConfigError as exc:
+        raise config_error(f"models.{key}.server", str(exc)) from None
+
+
 def parse_models(cfg):
-    """Model key -> {model, params, env, instances, resources}; env defaults to the catalog's."""
+    """Model key -> {model, params, env, instances, resources[, server]}; env defaults to the catalog's."""
     from nahual.catalog import default_env
     from nahual.errors import NahualError
 
@@ -239,7 +258,9 @@ def parse_models(cfg):
     for key, entry in lookup(dpath="models", within=cfg).items():
         entry = dict(entry)
         entry.setdefault("model", key)
-        if "env" not in entry:
+        if "server" in entry:  # a server that runs already: no environment, no server job
+            check_server(key, entry["server"])
+        elif "env" not in entry:
             try:
                 entry["env"] = default_env(entry["model"])
             except NahualError as exc:
@@ -264,14 +285,17 @@ def parse_chain(cfg, models):
         if source != "image":
             if source not in steps:
                 raise config_error(f"{key}.input", f"{source!r} is neither 'image' nor an earlier step ({', '.join(steps) or 'none'})")
-            if steps[source]["kind"] != "labels":
+            if steps[source]["kind"] not in LABEL_KINDS:
                 raise config_error(f"{key}.input", f"step {source!r} writes {steps[source]['kind']}, not labels")
+            if kind == "cells":
+                raise config_error(f"{key}.input", "a cells step segments the image itself: its input is image")
         elif kind == "tracks":
             raise config_error(f"{key}.input", "a tracker reads labels: name an earlier labels step")
-        if entry["model"] not in checked:
-            check_params(model["model"], model["params"], f"models.{entry['model']}.params")
-            checked.add(entry["model"])
-        check_params(model["model"], entry["params"], f"{key}.params")
+        if not speaks_earlier_wire(model):  # an earlier-wire server's params are its setup dict, not ours
+            if entry["model"] not in checked:
+                check_params(model["model"], model["params"], f"models.{entry['model']}.params")
+                checked.add(entry["model"])
+            check_params(model["model"], entry["params"], f"{key}.params")
         params = {**model["params"], **entry["params"]}
         own = "params" in entry and "channel" in entry["params"]
         channel_key = f"{key}.params.channel" if own else f"models.{entry['model']}.params.channel"
@@ -323,7 +347,7 @@ def check_image_steps(name, image, steps, models):
         asked = step["params"].get("channel")
         if options.channel is None and "c" in source.axes and isinstance(asked, int) and asked >= channels:
             raise config_error(step["channel_key"], f"channel {asked} of step {step_name} does not exist: {have}")
-        cls = model_class(models[step["model"]]["model"])
+        cls = None if speaks_earlier_wire(models[step["model"]]) else model_class(models[step["model"]]["model"])
         if cls is None:
             continue
         try:

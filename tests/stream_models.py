@@ -15,7 +15,7 @@ import numpy as np
 from nahual import Contract, Model, Param
 from nahual.lineage import NODE_ID_STRIDE
 
-__all__ = ["Blobs", "Embed", "Measure", "Overlap", "TwoChannels"]
+__all__ = ["BREAKS", "Blobs", "Embed", "Measure", "ObjectEmbed", "Overlap", "TileEmbed", "TwoChannels"]
 
 
 class Blobs(Model):
@@ -103,6 +103,100 @@ class Embed(Model):
     def process(self, payload: dict[str, Any], **params: Any) -> dict[str, Any]:
         image = np.asarray(payload["image"], float)
         return {"embedding": np.array([[image.mean(), image.std()]], np.float32)}
+
+
+def _boxes(boxes: np.ndarray) -> dict[str, np.ndarray]:
+    """(n, 4) half-open boxes ``y_min, x_min, y_max, x_max`` as the obs columns an embeddings model returns."""
+    names = ("bbox_y_min", "bbox_x_min", "bbox_y_max", "bbox_x_max")
+    return {name: boxes[:, k] for k, name in enumerate(names)}
+
+
+#: Ways :class:`ObjectEmbed` breaks the embeddings contract (its ``misbehave`` param): each changes a good result.
+BREAKS = {
+    "obs-2d": lambda r: {**r, "obs": {**r["obs"], "label": r["obs"]["label"][:, None]}},
+    "obs-complex": lambda r: {**r, "obs": {**r["obs"], "score": r["obs"]["label"].astype(complex)}},
+    "label-float": lambda r: {**r, "obs": {**r["obs"], "label": r["obs"]["label"] + 0.5}},
+    "obs-clash": lambda r: {**r, "obs": {**r["obs"], "row": r["obs"]["label"]}},
+    "bbox-axis": lambda r: {**r, "obs": {**r["obs"], "bbox_z_min": r["obs"]["label"]}},
+    "columns-short": lambda r: {**r, "columns": r["columns"][:-1]},
+    "patches-rows": lambda r: {**r, "patches": np.zeros((len(r["embedding"]) + 1, 2), np.float32)},
+    "uns-array": lambda r: {**r, "uns": {**r["uns"], "mean": np.zeros(3)}},
+    "width-by-frame": lambda r: {"embedding": np.pad(r["embedding"], ((0, 0), (0, len(r["embedding"]))))},
+    "uns-by-frame": lambda r: {**r, "uns": {**r["uns"], "objects": len(r["embedding"])}},
+}
+
+
+class ObjectEmbed(Model):
+    """One vector per labelled object of a frame, as a DINO model at object granularity returns it.
+
+    The vector of an object is its mean in each channel, then its area; ``obs``
+    has its label and its box (in the frame's pixels), ``columns`` names the
+    vector's entries, ``uns`` describes the model. ``patch_grid`` adds a 2 x 2
+    grid of patch tokens per object (the vector, repeated); ``width_when_empty``
+    false gives a frame without objects as a (0, 0) embedding, width unknown;
+    ``misbehave`` names one of :data:`BREAKS`.
+    """
+
+    name = "object-embed"
+    contract = Contract(axes=("cyx",), inputs=("image", "labels"), dtype="float32", output="embeddings", tiling=False)
+    param_spec = (
+        Param("patch_grid", False, "return a 2 x 2 grid of patch tokens per object"),
+        Param("width_when_empty", True, "a frame without objects still says the vectors' width"),
+        Param("misbehave", "", "break the embeddings contract this way", choices=("", *BREAKS)),
+        Param("delay_s", 0.0, "seconds to sleep per call", min=0),
+    )
+
+    def process(self, payload: dict[str, Any], **params: Any) -> dict[str, Any]:
+        p = self.merge_params(params, self.params)
+        time.sleep(p["delay_s"])
+        image, labels = np.asarray(payload["image"]), np.asarray(payload["labels"])
+        ids = np.unique(labels[labels > 0]).astype(np.int64)
+        width = image.shape[0] + 1
+        vectors, boxes = np.zeros((ids.size, width), np.float32), np.zeros((ids.size, 4), np.int64)
+        for row, value in enumerate(ids.tolist()):
+            mask = labels == value
+            ys, xs = np.nonzero(mask)
+            vectors[row] = [*image[:, mask].mean(axis=1), mask.sum()]
+            boxes[row] = ys.min(), xs.min(), ys.max() + 1, xs.max() + 1
+        result = {
+            "embedding": vectors,
+            "obs": {"label": ids, **_boxes(boxes)},
+            "columns": [f"c{k}_mean" for k in range(image.shape[0])] + ["area"],
+            "uns": {"model": "object-embed", "weights": "none", "sha256": "", "preprocessing": {"normalize": None}},
+        }
+        if p["patch_grid"]:
+            result["patches"] = np.tile(vectors[:, None, None, :], (1, 2, 2, 1))
+        if not ids.size and not p["width_when_empty"]:
+            result = {"embedding": np.zeros((0, 0), np.float32), "obs": {"label": ids}}
+        return BREAKS[p["misbehave"]](result) if p["misbehave"] else result
+
+
+class TileEmbed(Model):
+    """One vector per ``grid`` x ``grid`` cell of the block it is given (cut at its border): the cell's
+    mean in each channel, with the cell's box in the block's pixels and label 0, as DINO tiles are."""
+
+    name = "tile-embed"
+    contract = Contract(axes=("cyx",), dtype="float32", output="embeddings")
+    param_spec = (Param("grid", 16, "side of a cell in pixels", min=1),)
+
+    def process(self, payload: dict[str, Any], **params: Any) -> dict[str, Any]:
+        grid = self.merge_params(params, self.params)["grid"]
+        image = np.asarray(payload["image"])
+        height, width = image.shape[1:]
+        boxes = np.array(
+            [
+                (y, x, min(y + grid, height), min(x + grid, width))
+                for y in range(0, height, grid)
+                for x in range(0, width, grid)
+            ],
+            np.int64,
+        )
+        vectors = np.array([image[:, y0:y1, x0:x1].mean(axis=(1, 2)) for y0, x0, y1, x1 in boxes], np.float32)
+        return {
+            "embedding": vectors,
+            "obs": {"label": np.zeros(len(boxes), np.int64), **_boxes(boxes)},
+            "columns": [f"c{k}_mean" for k in range(image.shape[0])],
+        }
 
 
 class TwoChannels(Model):

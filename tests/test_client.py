@@ -4,6 +4,7 @@ limits of every blocking call through an in-process transport."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,19 @@ def test_per_call_timeout_overrides_the_client_default(echo_server: Served) -> N
         with pytest.raises(nahual.TimeoutError):
             client.request("process", {"data": 1, "params": {"delay_s": 1.0}}, timeout=0.05, instance=echo.instance_id)
         assert client.ping(timeout=10) > 0
+
+
+def test_a_call_its_client_gave_up_on_is_never_run(echo_server: Served) -> None:
+    with nahual.Client(echo_server.address, timeout=10) as client:
+        echo = client.load("echo")
+        slow = echo.submit({"slow": 1}, delay_s=2.0)  # holds the instance for two seconds
+        while client.info()["instances"][0]["held"] == 0:  # until the server has it
+            time.sleep(0.01)
+        with pytest.raises(nahual.TimeoutError):
+            echo({"late": 1}, timeout=0.2)  # waits behind it, past its deadline: the server drops it unrun
+        assert slow.result(timeout=10) == {"slow": 1}
+        (instance,) = client.info()["instances"]
+        assert instance["calls"] == 1
 
 
 def test_connect_timeout_to_a_missing_socket(short_dir: Path) -> None:

@@ -15,7 +15,7 @@ PUBLIC = {
     "AuthError", "BlockError", "Client", "ConfigError", "Contract", "ContractError", "InstanceError", "LaunchError",
     "Model", "ModelHandle", "NahualError", "Param", "ParamError", "PayloadError", "ProtocolError", "RemoteError",
     "Server", "ServerProcess", "StateError", "Timeout", "TimeoutError", "TransportError", "WeightsError",
-    "__version__", "launch",
+    "__version__", "launch", "reply_array",
 }  # fmt: skip
 
 

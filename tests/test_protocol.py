@@ -379,8 +379,8 @@ class _Placement:
 class _MemoryOutOfBand:
     """An out-of-band writer and resolver on one bytearray, standing in for a segment."""
 
-    def __init__(self, threshold: int, copy_out: bool = False) -> None:
-        self.threshold, self.copy_out = threshold, copy_out
+    def __init__(self, threshold: int) -> None:
+        self.threshold = threshold
         self.segment = bytearray()
 
     def place(self, sizes: list[int]) -> _Placement:
@@ -407,12 +407,10 @@ def test_large_arrays_go_out_of_band_and_small_ones_stay_in_the_message() -> Non
     assert specs[0]["segment"] == "seg" and specs[0]["offset"] == ALIGNMENT
     assert "segment" not in specs[1]
     assert len(buffer) < 4000 / 2  # the big array's 4000 bytes are not in the message
-    for copy_out in (False, True):
-        oob.copy_out = copy_out
-        frame = decode(buffer, oob)
-        assert_same(payload, frame.payload)
-        assert not frame.payload["big"].flags.writeable
-        assert np.shares_memory(frame.payload["big"], np.frombuffer(oob.segment, np.uint8)) is not copy_out
+    frame = decode(buffer, oob)
+    assert_same(payload, frame.payload)
+    assert not frame.payload["big"].flags.writeable
+    assert np.shares_memory(frame.payload["big"], np.frombuffer(oob.segment, np.uint8))  # a view, no copy
 
 
 def test_a_writer_that_declines_leaves_every_array_in_the_message() -> None:

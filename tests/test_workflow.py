@@ -515,7 +515,7 @@ def test_the_schema_s_streaming_defaults_are_the_stream_options_defaults():
         ),
         (
             {"tilee": 3},
-            ["config error at tilee: unknown key; allowed at the top level: images, demo, models, chain, streaming"],
+            ["config error at tilee: unknown key; allowed at the top level: images, weights, demo, models, chain"],
         ),
         (
             {"models": {"threshold": {"resources": {"gpus": 1}}}},

@@ -46,6 +46,12 @@ def register(subparsers: Any) -> None:
         help="let clients load any module:Class (they can then run code as you; registered models always load)",
     )
     serve.add_argument(
+        "--legacy-wire",
+        action="store_true",
+        help="also answer clients of the earlier nahual (0.0.x, aliby) on ADDRESS: ipc, or tcp on loopback only "
+        "(that wire has no token); their setups use the first --preload (docs/coming-from-nahual-0.md)",
+    )
+    serve.add_argument(
         "--max-message-bytes",
         type=int,
         metavar="N",
@@ -128,6 +134,7 @@ def run_serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         send_timeout=args.send_timeout,
         allow_module_models=args.allow_module_models,
+        legacy_wire=args.legacy_wire,
         **limit,
     )
     server.start()
@@ -192,6 +199,8 @@ def _serve_argv(args: argparse.Namespace) -> list[str]:
         argv.append("--error-in-ready-file")
     if args.allow_module_models:
         argv.append("--allow-module-models")
+    if args.legacy_wire:
+        argv.append("--legacy-wire")
     if args.max_message_bytes is not None:
         argv += ["--max-message-bytes", str(args.max_message_bytes)]
     return argv

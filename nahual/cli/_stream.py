@@ -73,7 +73,7 @@ def _add_apply(subparsers: Any) -> None:
     model.add_argument("--params", default="{}", metavar="JSON", help="load params as a JSON object")
     model.add_argument(
         "--kind",
-        choices=("labels", "tracks", "features", "embeddings"),
+        choices=("labels", "tracks", "features", "embeddings", "cells"),
         help="output kind (default: what the model declares)",
     )
     data = p.add_argument_group("reading")

@@ -7,6 +7,11 @@ to ``address`` unless another transport is injected (``transport=``, e.g. an
 by side, so :meth:`ModelHandle.map` and :meth:`ModelHandle.submit` pipeline
 over that one transport. Every call is bounded by a timeout: ``timeout=``
 seconds, ``None`` for no limit, or the client's default.
+
+Reply arrays are read-only views on what carried them (the nng message, or
+over ``ipc://`` the server's shared memory, which the server does not reuse
+while a view exists); ``copy=True`` on a call returns private, writable
+copies instead (``docs/protocol.md``, *Copies*).
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
+
 from .._config import DEFAULT_TIMEOUT, USE_CLIENT_DEFAULT, Timeout, UseClientDefault, parse_seconds, parse_timeout
 from .._nng_transport import NngTransport
 from .._protocol import Frame, Kind
@@ -28,6 +35,7 @@ from .._state import State
 from .._transport import Transport
 from ..errors import AuthError, ConfigError, ProtocolError, RemoteError, StateError
 from ..model import Contract
+from ._legacy import LegacyTransport, is_legacy_address
 
 __all__ = ["Client", "ModelHandle"]
 
@@ -105,7 +113,8 @@ class Client:
             raise StateError(f"this client of {self.address} is closed; create a new Client")
         if self._state is State.UNOPENED:
             if self._transport is None:
-                self._transport = NngTransport(
+                opener = LegacyTransport if is_legacy_address(self.address) else NngTransport  # nahual0+ipc://...
+                self._transport = opener(
                     self.address, self.timeout.connect, allow_foreign_socket=self._allow_foreign_socket
                 )
             self._state = State.OPEN
@@ -137,7 +146,15 @@ class Client:
         return f"Client({self.address!r}, {self._state.value})"
 
     # -- requests ------------------------------------------------------------------------
-    def request(self, operation: str, payload: Any = None, timeout: Limit = USE_CLIENT_DEFAULT, **meta: Any) -> Any:
+    def request(
+        self,
+        operation: str,
+        payload: Any = None,
+        timeout: Limit = USE_CLIENT_DEFAULT,
+        *,
+        copy: bool = False,
+        **meta: Any,
+    ) -> Any:
         """Send one request and return the decoded reply payload.
 
         Parameters
@@ -148,6 +165,10 @@ class Client:
             Dicts, lists, JSON scalars and numpy arrays.
         timeout : float, None or USE_CLIENT_DEFAULT
             Seconds to wait for the reply; None waits forever; by default the client's ``timeout.request``.
+        copy : bool
+            Return private, writable copies of the reply's arrays (one memcpy each), so
+            that none keeps the server's shared memory busy; by default they are
+            read-only views that do, until they are released.
         **meta
             Protocol fields of the request (``instance``, ``model``…).
 
@@ -169,6 +190,8 @@ class Client:
         limit = self._limit(timeout)
         request_id = next(self._ids) & 0xFFFF_FFFF_FFFF_FFFF
         meta = {"op": operation, **meta}
+        if operation == "process" and limit is not None:  # the server drops it unrun once nobody waits for it
+            meta.setdefault("deadline_s", limit)
         if self._token:
             meta["token"] = self._token
         frame = self._transport.request(Frame(Kind.REQUEST, request_id, meta, payload), limit)
@@ -178,14 +201,22 @@ class Client:
             raise _remote_error(frame.meta)
         if frame.kind != Kind.REPLY:
             raise ProtocolError(f"expected a reply, got message kind {frame.kind}")
-        return frame.payload
+        return _copied(frame.payload) if copy else frame.payload
 
     def _limit(self, timeout: Limit) -> float | None:
         if isinstance(timeout, UseClientDefault):
             return self.timeout.request
         return parse_seconds(timeout)
 
-    def submit(self, operation: str, payload: Any = None, timeout: Limit = USE_CLIENT_DEFAULT, **meta: Any) -> Future:
+    def submit(
+        self,
+        operation: str,
+        payload: Any = None,
+        timeout: Limit = USE_CLIENT_DEFAULT,
+        *,
+        copy: bool = False,
+        **meta: Any,
+    ) -> Future:
         """Like :meth:`request`, in a background thread; returns a Future of the reply payload."""
         self._limit(timeout)  # a bad limit fails here, not in the future
         with self._lock:
@@ -193,7 +224,7 @@ class Client:
                 raise StateError(f"client of {self.address} is {self._state.value}")
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(MAX_INFLIGHT, thread_name_prefix="nahual-client")
-            return self._executor.submit(self.request, operation, payload, timeout, **meta)
+            return self._executor.submit(self.request, operation, payload, timeout, copy=copy, **meta)
 
     # -- operations ----------------------------------------------------------------------
     def ping(self, timeout: Limit = USE_CLIENT_DEFAULT) -> float:
@@ -225,9 +256,10 @@ class Client:
 class ModelHandle:
     """One model instance on a server; call it with a payload.
 
-    ``timeout`` is a reserved keyword of :meth:`__call__`, :meth:`submit` and
-    :meth:`map`: it bounds the request and is never passed to the model as a
-    param (a model cannot have a per-call param named ``timeout``).
+    ``timeout`` and ``copy`` are reserved keywords of :meth:`__call__`,
+    :meth:`submit` and :meth:`map`: ``timeout`` bounds the request and
+    ``copy=True`` returns private, writable arrays instead of read-only views
+    (see :meth:`Client.request`); neither is passed to the model as a param.
 
     Attributes
     ----------
@@ -248,16 +280,24 @@ class ModelHandle:
     def __repr__(self) -> str:
         return f"ModelHandle({self.model!r}, instance={self.instance_id!r}, {self.client.address})"
 
-    def __call__(self, payload: Any, *, timeout: Limit = USE_CLIENT_DEFAULT, **params: Any) -> Any:
+    def __call__(self, payload: Any, *, timeout: Limit = USE_CLIENT_DEFAULT, copy: bool = False, **params: Any) -> Any:
         """Process one payload; ``params`` override the model's per-call parameters."""
-        return self.client.request("process", {"data": payload, "params": params}, timeout, instance=self.instance_id)
+        body = {"data": payload, "params": params}
+        return self.client.request("process", body, timeout, copy=copy, instance=self.instance_id)
 
-    def submit(self, payload: Any, *, timeout: Limit = USE_CLIENT_DEFAULT, **params: Any) -> Future:
+    def submit(self, payload: Any, *, timeout: Limit = USE_CLIENT_DEFAULT, copy: bool = False, **params: Any) -> Future:
         """Process one payload in the background; returns a Future of the result."""
-        return self.client.submit("process", {"data": payload, "params": params}, timeout, instance=self.instance_id)
+        body = {"data": payload, "params": params}
+        return self.client.submit("process", body, timeout, copy=copy, instance=self.instance_id)
 
     def map(
-        self, payloads: Iterable[Any], inflight: int = 4, *, timeout: Limit = USE_CLIENT_DEFAULT, **params: Any
+        self,
+        payloads: Iterable[Any],
+        inflight: int = 4,
+        *,
+        timeout: Limit = USE_CLIENT_DEFAULT,
+        copy: bool = False,
+        **params: Any,
     ) -> Iterator[Any]:
         """Process payloads with up to ``inflight`` requests pipelined; yields results in order.
 
@@ -271,7 +311,7 @@ class ModelHandle:
         window: collections.deque[Future] = collections.deque()
         try:
             for payload in payloads:
-                window.append(self.submit(payload, timeout=timeout, **params))
+                window.append(self.submit(payload, timeout=timeout, copy=copy, **params))
                 if len(window) >= inflight:
                     yield window.popleft().result()
             while window:
@@ -283,6 +323,17 @@ class ModelHandle:
     def unload(self, timeout: Limit = USE_CLIENT_DEFAULT) -> None:
         """Remove this instance from the server."""
         self.client.request("unload", timeout=timeout, instance=self.instance_id)
+
+
+def _copied(tree: Any) -> Any:
+    """The payload with each array replaced by a private, writable copy (nested dicts and lists walked)."""
+    if isinstance(tree, np.ndarray):
+        return np.array(tree)
+    if isinstance(tree, dict):
+        return {key: _copied(value) for key, value in tree.items()}
+    if isinstance(tree, list):
+        return [_copied(value) for value in tree]
+    return tree
 
 
 def _remote_error(meta: dict[str, Any]) -> RemoteError:

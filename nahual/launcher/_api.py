@@ -69,6 +69,7 @@ def launch(
     token: str | None = None,
     log_path: str | os.PathLike[str] | None = None,
     allow_module_models: bool = False,
+    devices: str | None = None,
 ) -> ServerProcess:
     """Start a model server in an environment and wait until it answers ``ping``.
 
@@ -95,6 +96,9 @@ def launch(
     allow_module_models : bool
         Let clients load any ``module:Class`` (``nahual serve --allow-module-models``):
         whoever can reach the server may then run code as you. ``preload`` needs no permission.
+    devices : str, optional
+        The server's ``CUDA_VISIBLE_DEVICES`` (``"1"``, ``"2,3"``); default: this process's own.
+        :func:`spread_devices` gives each of several instances its share.
 
     Returns
     -------
@@ -122,7 +126,7 @@ def launch(
     if token is None and ipc_path(address) is None:
         token = secrets.token_urlsafe(32)  # tcp: every local user can connect (docs/security.md)
     args = serve_args(address, files.ready_file, preload, params, os.getpid(), allow_module_models)
-    server = ServerProcess(backend, backend.command(args), address, log, files.ready_file, limits, token)
+    server = ServerProcess(backend, backend.command(args), address, log, files.ready_file, limits, token, devices)
     server.record = ServerRecord(files.record_file, log, server.pid, backend.spec, preload, address, time.time())
     try:
         server.record.save()

@@ -88,6 +88,8 @@ class ServerProcess:
         The command that started it.
     record : ServerRecord or None
         Its entry for ``nahual logs`` (set by :func:`nahual.launch`); :meth:`stop` saves its exit status there.
+    devices : str or None
+        The server's ``CUDA_VISIBLE_DEVICES``; None: this process's own.
     """
 
     def __init__(
@@ -99,6 +101,7 @@ class ServerProcess:
         ready_file: Path,
         timeout: Timeout,
         token: str | None = None,
+        devices: str | None = None,
     ) -> None:
         self.backend = backend
         self.argv = argv
@@ -107,6 +110,7 @@ class ServerProcess:
         self.ready_file = ready_file
         self.timeout = timeout
         self.token = token
+        self.devices = devices
         self.state = State.STARTING
         self._lock = threading.Lock()
         self.record: ServerRecord | None = None
@@ -115,6 +119,8 @@ class ServerProcess:
         env = dict(os.environ)
         if token is not None:
             env["NAHUAL_TOKEN"] = token  # not on the command line, where ps shows it
+        if devices is not None:
+            env["CUDA_VISIBLE_DEVICES"] = devices
         try:
             self._process = subprocess.Popen(
                 argv,

@@ -35,8 +35,9 @@ if TYPE_CHECKING:
 
 __all__ = ["MAX_HELD", "MODEL_OPERATIONS", "Dispatcher"]
 
-#: Operations that may wait for a model; every other request is answered by the receiving thread.
-MODEL_OPERATIONS = frozenset({"load", "process", "unload"})
+#: Operations that may wait for a model (``legacy``: a message of the earlier nahual wire, a setup or
+#: an array); every other request is answered by the receiving thread.
+MODEL_OPERATIONS = frozenset({"load", "process", "unload", "legacy"})
 #: Threads receiving requests (more than one: a control reply to a client that stops reading waits).
 RECEIVERS = 2
 #: Model requests held at most (running or queued), each with its own nng context.

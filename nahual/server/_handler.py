@@ -8,16 +8,15 @@ exception, the operation and the request id, with the server's traceback only
 for peers that passed the token check (``docs/security.md``). The serving loop (:mod:`._serving`) feeds it
 from nng sockets; :class:`~nahual._inprocess.InProcessTransport` feeds it
 directly, so a local run goes through the very same code as a served one.
-Instances run one request at a time (models need not be thread-safe), and
-different instances run concurrently; at most ``max_instances`` are kept
-(:mod:`._instances`: the least recently used idle one is unloaded first).
+Instances run one request at a time unless their contract says otherwise
+(``concurrency``, ``max_batch``: :mod:`._calls`), and different instances run
+concurrently; at most ``max_instances`` are kept (:mod:`._instances`: the
+least recently used idle one is unloaded first).
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-import json
 import os
 import threading
 import time
@@ -26,12 +25,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from .._protocol import Kind, read_envelope
 from .._transport import PLAIN
-from ..errors import AuthError, ConfigError, InstanceError, NahualError, ProtocolError
+from ..errors import AuthError, ConfigError, NahualError, ProtocolError
 from ..registry import is_module_reference, missing_packages, resolve_model
+from ._calls import digest
 from ._info import describe_server
 from ._instances import MAX_INSTANCES, Instance, InstanceTable
 
@@ -239,7 +237,7 @@ class RequestHandler:
             When ``max_instances`` are loaded and every one is running a request.
         """
         params = dict(params or {})
-        key = _params_key(model, params, replica)
+        key = digest([model, params, replica])
         with self._instances.loading(key):
             instance = self._instances.find(key)
             if instance is None:
@@ -252,6 +250,7 @@ class RequestHandler:
                 try:
                     obj = cls()
                     obj.load(**params)
+                    cls.check_contract(obj.contract)  # load may set the instance's own contract
                 except BaseException:
                     self._instances.unreserve()
                     raise
@@ -279,10 +278,9 @@ class RequestHandler:
     def _process(self, frame: Frame) -> Any:
         payload = frame.payload if isinstance(frame.payload, dict) else {}
         params = payload.get("params") or {}
-        with self._instances.use(_instance_id(frame.meta)) as instance, instance.lock:
-            if instance.closing:
-                raise InstanceError(f"instance {instance.id!r} was unloaded while this request waited for it")
-            return instance.obj.process(payload.get("data"), **params)
+        deadline = _deadline(frame.meta)
+        with self._instances.use(_instance_id(frame.meta)) as instance:
+            return instance.calls.run(payload.get("data"), params, deadline)
 
     def unload(self, instance_id: str) -> dict[str, Any]:
         """Remove an instance, once its running request (if any) is done, and close its model.
@@ -301,22 +299,20 @@ class RequestHandler:
             _close(instance)
 
 
-def _params_key(model: str, params: dict[str, Any], replica: int) -> str:
-    """A digest of model, params and replica: what tells instances apart, small whatever the params."""
-
-    def default(value: Any) -> str:
-        if isinstance(value, np.ndarray):
-            return f"{value.dtype.str}{value.shape}:{hashlib.sha256(value.tobytes()).hexdigest()}"
-        raise TypeError(type(value).__name__)
-
-    text = json.dumps([model, params, replica], sort_keys=True, default=default)
-    return hashlib.sha256(text.encode()).hexdigest()  # json.dumps writes ASCII only
-
-
 def _close(instance: Instance) -> None:
-    """Close an instance's model once its running request (if any) is done."""
-    with instance.lock:
-        instance.obj.close()
+    """Close an instance's model once its running calls (if any) are done; its waiting requests fail."""
+    instance.calls.close()
+    instance.obj.close()
+
+
+def _deadline(meta: dict[str, Any]) -> float | None:
+    """When a request's ``deadline_s`` (seconds its client waits, from now) runs out; None without one."""
+    seconds = meta.get("deadline_s")
+    if seconds is None:
+        return None
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0:
+        raise ProtocolError(f"meta 'deadline_s' must be a number of seconds >= 0, got {seconds!r}")
+    return time.monotonic() + seconds
 
 
 def _instance_id(meta: dict[str, Any]) -> str:

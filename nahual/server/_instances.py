@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, InstanceError
+from ._calls import Calls, calls_for
 
 if TYPE_CHECKING:
     from ..model import Model
@@ -33,18 +34,24 @@ MAX_INSTANCES = 16
 
 @dataclass
 class Instance:
-    """One loaded model; it runs one request at a time (models need not be thread-safe)."""
+    """One loaded model and how requests reach it (:mod:`._calls`: one call at a time unless its contract says)."""
 
     id: str
     model: str
     params: dict[str, Any]
     obj: Model
     key: str
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    #: Requests that hold it (running, or waiting for its lock): it is not evicted while above 0.
+    #: Requests that hold it (running, or waiting for a call): it is not evicted while above 0.
     users: int = 0
-    #: Out of the table, to be closed: requests still waiting for its lock must not run.
-    closing: bool = False
+    calls: Calls = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.calls = calls_for(self.id, self.obj)
+
+    @property
+    def closing(self) -> bool:
+        """Out of the table, to be closed: requests still waiting for a call must not run."""
+        return self.calls.closing
 
 
 @dataclass
@@ -184,9 +191,13 @@ class InstanceTable:
             return [self._pop(instance_id) for instance_id in list(self._by_id)]
 
     def describe(self) -> list[dict[str, Any]]:
-        """``info``'s list of instances: id, model and params of each."""
+        """``info``'s list of instances: id, model, params, requests held now (running or waiting), calls made."""
         with self._lock:
-            return [{"id": i.id, "model": i.model, "params": i.params} for i in self._by_id.values()]
+            return [
+                {"id": i.id, "model": i.model, "params": i.params, "held": i.users, "calls": i.calls.made}
+                | ({"about": i.obj.contract.about} if i.obj.contract.about else {})
+                for i in self._by_id.values()
+            ]
 
     def _get(self, instance_id: str) -> Instance:
         instance = self._by_id.get(instance_id)
@@ -203,7 +214,7 @@ class InstanceTable:
 
     def _pop(self, instance_id: str) -> Instance:
         instance = self._by_id.pop(instance_id)
-        instance.closing = True
+        instance.calls.stop()
         if self._by_key.get(instance.key) is instance:
             del self._by_key[instance.key]
         return instance

@@ -28,6 +28,7 @@ from ..errors import ConfigError, StateError
 from ._dispatch import Dispatcher
 from ._handler import RequestHandler
 from ._instances import MAX_INSTANCES
+from ._legacy import LegacyResponder, WireSwitch, check_legacy_address
 
 if TYPE_CHECKING:
     from types import FrameType
@@ -74,11 +75,16 @@ class Server:
     max_instances : int
         Model instances kept loaded at most (least recently used idle ones are
         unloaded to make room; see :class:`RequestHandler`).
+    legacy_wire : bool
+        Also answer the earlier nahual wire (0.0.x clients) on ``address``, told
+        apart by its first bytes (:mod:`._legacy`); ipc, or tcp on loopback only.
 
     Attributes
     ----------
     handler : RequestHandler
         What answers the requests: load models here before serving (``--preload``).
+    legacy : LegacyResponder or None
+        What answers earlier-wire messages, with ``legacy_wire``.
     """
 
     def __init__(
@@ -91,8 +97,11 @@ class Server:
         allow_module_models: bool = False,
         max_message_bytes: int | None = MAX_MESSAGE_BYTES,
         max_instances: int = MAX_INSTANCES,
+        legacy_wire: bool = False,
     ) -> None:
         check_address(address)
+        if legacy_wire:
+            check_legacy_address(address)
         if not token and not address.startswith(TOKENLESS):
             raise ConfigError(
                 f"listening on {address} requires a token (--token-file or NAHUAL_TOKEN): every user of this "
@@ -109,6 +118,7 @@ class Server:
             allow_module_models=allow_module_models,
             max_instances=max_instances,
         )
+        self.legacy = LegacyResponder(self.handler, address, token) if legacy_wire else None
         self._workers_wanted = workers
         self._state = State.UNOPENED
         self._stop = threading.Event()
@@ -125,8 +135,14 @@ class Server:
         return self._state
 
     def load(self, model: str, params: dict[str, Any] | None = None, replica: int = 0) -> dict[str, Any]:
-        """Load a model before serving (``--preload``); see :meth:`RequestHandler.load`."""
-        return self.handler.load(model, params, replica)
+        """Load a model before serving (``--preload``); see :meth:`RequestHandler.load`.
+
+        The first one is what earlier-wire clients use unless their setup names another.
+        """
+        loaded = self.handler.load(model, params, replica)
+        if self.legacy is not None:
+            self.legacy.preloaded(model, params or {})
+        return loaded
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> Server:
@@ -141,7 +157,8 @@ class Server:
             raise StateError(f"server at {self.address} is {self._state.value}; a server starts once: create a new one")
         self._socket = ReplySocket(self.address, self.max_message_bytes)
         self._state = State.OPEN
-        self._dispatcher = Dispatcher(self._socket, self.handler, self._workers_wanted, self.send_timeout)
+        answering = self.handler if self.legacy is None else WireSwitch(self.handler, self.legacy)
+        self._dispatcher = Dispatcher(self._socket, answering, self._workers_wanted, self.send_timeout)
         self._dispatcher.start()
         return self
 

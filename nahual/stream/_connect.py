@@ -2,13 +2,15 @@
 
 Zarr streaming layer. Each :class:`Worker` gets a ``reopen`` that reconnects
 to its server (and relaunches it first when nahual launched it and it died),
-so that ``apply(..., retries=N)`` can carry on after a server failure.
+so that ``apply(..., retries=N)`` can carry on after a server failure; a
+relaunched instance keeps its GPUs.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .._config import Timeout
@@ -26,9 +28,15 @@ class _Remote:
     """One server address: a client, a handle, and how to get fresh ones."""
 
     def __init__(
-        self, model: str, params: dict[str, Any], timeout: Timeout, address: str | None = None, env: str | None = None
+        self,
+        model: str,
+        params: dict[str, Any],
+        timeout: Timeout,
+        address: str | None = None,
+        env: str | None = None,
+        devices: str | None = None,
     ) -> None:
-        self.model, self.params, self.timeout, self.env = model, params, timeout, env
+        self.model, self.params, self.timeout, self.env, self.devices = model, params, timeout, env, devices
         self.server: Any = None
         self.client: Any = None
         self.address = address
@@ -38,7 +46,9 @@ class _Remote:
     def _launch(self) -> None:
         from ..launcher import launch
 
-        self.server = launch(self.env, preload=self.model, params=self.params, timeout=self.timeout)
+        self.server = launch(
+            self.env, preload=self.model, params=self.params, timeout=self.timeout, devices=self.devices
+        )
         self.address = self.server.address
 
     def handle(self) -> Any:
@@ -85,6 +95,21 @@ class _Remote:
             self.server.stop()
 
 
+def _launch_all(model: str, params: dict[str, Any], limits: Timeout, env: str, instances: int) -> list[_Remote]:
+    """Launch ``instances`` servers at once, each with its share of the GPUs; all stopped if one fails."""
+    from ..launcher import spread_devices
+
+    with ThreadPoolExecutor(instances, thread_name_prefix="nahual-launch") as pool:
+        launched = [pool.submit(_Remote, model, params, limits, env=env, devices=d) for d in spread_devices(instances)]
+    failed = next((f.exception() for f in launched if f.exception() is not None), None)
+    if failed is not None:
+        for future in launched:
+            if future.exception() is None:
+                future.result().close()
+        raise failed
+    return [future.result() for future in launched]
+
+
 @contextlib.contextmanager
 def connect_workers(
     model: str,
@@ -109,7 +134,8 @@ def connect_workers(
     env : str, optional
         Environment spec to launch servers in when no ``servers`` are given.
     instances : int
-        Servers to launch in ``env``.
+        Servers to launch in ``env``, each with its own share of the GPUs listed in
+        ``$NAHUAL_GPUS`` or ``$CUDA_VISIBLE_DEVICES`` (:func:`~nahual.launcher.spread_devices`).
     local : bool
         Run the model in this process instead.
     timeout : float or None
@@ -139,8 +165,7 @@ def connect_workers(
                 from ..catalog import default_env
 
                 env = default_env(model)
-            for _ in range(instances):
-                remotes.append(_Remote(model, params, limits, env=env))
+            remotes = _launch_all(model, params, limits, env, instances)
         workers = []
         for remote in remotes:
             handle = remote.handle()

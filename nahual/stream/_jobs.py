@@ -25,10 +25,11 @@ import zarr
 
 from ..errors import ConfigError, ContractError
 from ..model import OUTPUT_KINDS, Contract
+from ._arraysink import ArraySink
+from ._cellsink import CellSink
 from ._labels import LabelSink
 from ._ome import Source, Target, open_source
 from ._options import StreamOptions
-from ._payload import build_payload
 from ._plan import Block, Plan, make_plan
 from ._resume import RunState, input_stamp
 from ._sink import Sink
@@ -43,6 +44,8 @@ SINKS: dict[str, type[Sink]] = {
     "tracks": TrackSink,
     "features": FeatureSink,
     "embeddings": EmbeddingSink,
+    "cells": CellSink,
+    "array": ArraySink,
 }
 
 #: Output kinds the streaming layer can write.
@@ -76,10 +79,6 @@ class Job:
     image: zarr.Array | None = None
     labels: zarr.Array | None = None
 
-    def payload(self, block: Block) -> dict[str, Any]:
-        """Read one block's payload (called from reader threads)."""
-        return build_payload(self.contract, self.plan, block, self.image, self.labels)
-
 
 @functools.cache
 def _version() -> str:
@@ -88,6 +87,17 @@ def _version() -> str:
         return version("nahual")
     except PackageNotFoundError:
         return "unknown"
+
+
+def _server_provenance(info: dict[str, Any] | None, model: str) -> dict[str, Any]:
+    """The server's ``info`` with, of the models it could load, only the one that ran (kept small for tables)."""
+    if not info:
+        return {}
+    kept = {key: value for key, value in info.items() if key != "models"}
+    entry = (info.get("models") or {}).get(model)
+    if entry is not None:
+        kept["models"] = {model: entry}
+    return kept
 
 
 def _inputs(
@@ -185,7 +195,7 @@ def make_job(
         "model": handle.model,
         "params": dict(handle.params),
         "kind": kind,
-        "server": info or {},
+        "server": _server_provenance(info, handle.model),
         "nahual_version": _version(),
         "input": os.fspath(input),
         "input_shape": list(primary.shape),
@@ -195,6 +205,7 @@ def make_job(
         "halo": plan.halo,
         "level": level,
         "channel": plan.channel,
+        **({"about": dict(contract.about)} if contract.about else {}),
         "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     sink = sink_class(target, plan, state, label_array)

@@ -98,17 +98,15 @@ class LabelSink(Sink):
     def write(self, block: Block, result: Any) -> None:
         """Write one block's core ids, then record it with its halo view."""
         core_sel, core, window = result_labels(result, self.plan, block)
-        local, values = compact_labels(core)
         offset = self.offsets[block.index]
-        ids = np.where(local > 0, local + offset, 0).astype(self.dtype)
+        ids, values = compact_labels(core, offset, self.dtype)
         self._raw[core_sel] = ids
         arrays = None
         if self.plan.tile:
-            known = lookup(values, window)
-            view = np.where(known > 0, known + offset, 0)
+            view = lookup(values, window, offset, self.dtype)
             _, core_in_window = _window_box(self.plan, block)
             view[core_in_window] = 0
-            arrays = {"view": view.astype(self.dtype)}
+            arrays = {"view": view}
         self.state.record(block.index, {"offset": offset, "count": int(values.size)}, arrays, data=ids)
 
     def _intermediate(self) -> zarr.Array:

@@ -29,6 +29,7 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 import zlib
 from io import BytesIO
 from typing import Any
@@ -45,7 +46,7 @@ __all__ = ["STATE_SUFFIX", "RunState", "atomic_write", "input_stamp", "state_roo
 STATE_SUFFIX = ".nahual"
 
 #: Where outputs keep the run record once complete (``tracks`` record theirs on their masks, ``labels/NAME``).
-RECORD_FOLDERS = ("labels", "tables")
+RECORD_FOLDERS = ("labels", "tables", "predictions")
 
 
 def atomic_write(path: str, data: bytes) -> None:
@@ -100,6 +101,17 @@ def input_stamp(array: zarr.Array | None) -> list[int]:
     except FileNotFoundError:
         return []
     return [stat.st_size, stat.st_mtime_ns]
+
+
+def _npz(arrays: dict[str, np.ndarray]) -> bytes:
+    """``arrays`` as an ``.npz`` file (``np.load`` reads it), deflated at level 1: a third of the time of
+    ``np.savez_compressed``'s level 6 on a block's halo view, for files a half larger."""
+    buffer = BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        for key, value in arrays.items():
+            with archive.open(f"{key}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
+    return buffer.getvalue()
 
 
 def _file_crc(data: bytes) -> str:
@@ -285,9 +297,7 @@ class RunState:
         if data is not None:
             info["digest"] = digest(data)
         if arrays:
-            buffer = BytesIO()
-            np.savez_compressed(buffer, **arrays)
-            payload = buffer.getvalue()
+            payload = _npz(arrays)
             info["side_digest"] = _file_crc(payload)
             atomic_write(self._block_file(index, "npz"), payload)
         atomic_write(self._block_file(index, "json"), json.dumps(info, sort_keys=True).encode())

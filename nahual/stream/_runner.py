@@ -2,12 +2,14 @@
 
 Zarr streaming layer. Blocks are read ahead in two threads while up to
 ``inflight`` requests run on the workers (least busy first); results are
-written in this thread as they complete, each block recorded when its output
-is whole. A resumed run checks each block it would skip against its recorded
-digests and does the damaged ones again. A failing block stops the run after the requests already in
-flight are written, unless the worker can reconnect and ``retries`` allows
-another try; the run then raises one :class:`~nahual.errors.BlockError`
-naming the block and the worker, chained to the original error.
+written behind in two other threads as they complete, each block recorded
+when its output is whole, so that the model never waits for this process.
+A resumed run checks each block it would skip against its recorded digests
+and does the damaged ones again. A failing block stops the run after the
+requests already in flight are written, unless the worker can reconnect and
+``retries`` allows another try; the run then raises one
+:class:`~nahual.errors.BlockError` naming the block and the worker, chained
+to the original error.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import builtins
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +26,7 @@ from ..errors import BlockError, ConfigError, NahualError, TransportError
 from ._jobs import Handle, Job, make_job, open_job
 from ._ome import output_group
 from ._options import StreamOptions
+from ._payload import BlockReader
 from ._plan import Block
 from ._progress import Progress
 from ._resume import RunState
@@ -32,6 +35,10 @@ __all__ = ["Worker", "apply", "finish"]
 
 #: The worker named by a block that failed while its input was read, before any request.
 READER = "this process (reading the input)"
+#: Threads that read and decode blocks ahead of the requests.
+READERS = 2
+#: Threads that encode and write results (each block recorded once its data is written).
+WRITERS = 2
 
 
 @dataclass
@@ -116,11 +123,30 @@ class _Request:
 
 
 class _Pipeline:
-    """Reads ahead, keeps ``inflight`` requests busy, writes results as they come."""
+    """Reads ahead, keeps ``inflight`` requests busy, writes results behind, all at once.
 
-    def __init__(self, job: Job, workers: list[Worker], inflight: int, retries: int, progress: Progress) -> None:
-        self.job, self.workers, self.inflight, self.retries, self.progress = job, workers, inflight, retries, progress
+    The window: at most ``inflight`` blocks read ahead (on :data:`READERS`
+    threads), ``inflight`` requests in flight, and results being written (on
+    :data:`WRITERS` threads) that bring requests and writes together to at most
+    ``2 * inflight``. So a run holds at most ``3 * inflight`` blocks, whatever
+    the size of the store, and a slow writer holds back new requests instead of
+    piling up results. This thread only dispatches: it waits on whatever
+    finishes first.
+    """
+
+    def __init__(
+        self,
+        job: Job,
+        reader: Callable[[Block], dict[str, Any]],
+        workers: list[Worker],
+        options: StreamOptions,
+        progress: Progress,
+    ) -> None:
+        self.job, self.reader, self.workers, self.progress = job, reader, workers, progress
+        self.inflight, self.retries = options.inflight, options.retries
+        self.reads: deque[tuple[Block, Future]] = deque()
         self.pending: dict[Future, _Request] = {}
+        self.writes: dict[Future, tuple[Block, str]] = {}
         self.error: BlockError | None = None
         self._cause: BaseException | None = None
         self._failed_at = -1
@@ -134,6 +160,11 @@ class _Pipeline:
     def _pick(self) -> Worker:
         return min(self.workers, key=lambda w: (w.busy, w.used))
 
+    def _room(self) -> bool:
+        """Whether another request may start: the window is not full."""
+        busy = len(self.pending)
+        return self.error is None and busy < self.inflight and busy + len(self.writes) < 2 * self.inflight
+
     def _send(self, block: Block, payload: dict[str, Any], worker: Worker, tries: int) -> None:
         handle = worker.handle
         try:
@@ -143,18 +174,25 @@ class _Pipeline:
             return
         self.pending[future] = _Request(block, payload, worker, handle, tries)
 
-    def _collect(self, future: Future) -> None:
+    def _send_reads(self) -> None:
+        """Send the blocks read so far, in order, while the window has room."""
+        while self.reads and self.reads[0][1].done() and self._room():
+            block, read = self.reads.popleft()
+            try:
+                payload = read.result()
+            except Exception as exc:
+                self._fail(exc, block, READER)
+                return
+            self._send(block, payload, self._pick(), 0)
+
+    def _collect(self, future: Future, writers: ThreadPoolExecutor) -> None:
+        """A request finished: hand its result to a writer, or retry, or record the failure."""
         request = self.pending.pop(future)
         block, worker = request.block, request.worker
         worker.busy -= 1
         exc = future.exception()
         if exc is None:
-            try:
-                self.job.sink.write(block, future.result())
-            except Exception as err:
-                self._fail(err, block, worker.name)
-                return
-            self.progress.advance()
+            self.writes[writers.submit(self.job.sink.write, block, future.result())] = (block, worker.name)
         elif self.error is None and request.handle is not worker.handle:
             self._send(block, request.payload, worker, request.tries)  # its handle was replaced meanwhile
         elif _retryable(exc) and request.tries < self.retries and worker.reopen is not None and self.error is None:
@@ -167,30 +205,45 @@ class _Pipeline:
         else:
             self._fail(exc, block, worker.name)
 
+    def _written(self, future: Future) -> None:
+        """A block's result is written and recorded (or failed to be)."""
+        block, worker = self.writes.pop(future)
+        exc = future.exception()
+        if exc is None:
+            self.progress.advance()
+        else:
+            self._fail(exc, block, worker)
+
+    def _step(self, todo: Iterator[Block], readers: ThreadPoolExecutor, writers: ThreadPoolExecutor) -> bool:
+        """Top up the reads, send what is read, then handle whatever finishes first; False once all is done."""
+        while self.error is None and len(self.reads) < self.inflight and (b := next(todo, None)) is not None:
+            self.reads.append((b, readers.submit(self.reader, b)))
+        self._send_reads()
+        waiting = [*self.pending, *self.writes]
+        if self.reads and self._room():
+            waiting.append(self.reads[0][1])
+        if not waiting:
+            return False
+        done, _ = wait(waiting, return_when=FIRST_COMPLETED)
+        for future in done:
+            if future in self.pending:
+                self._collect(future, writers)
+            elif future in self.writes:
+                self._written(future)
+        return True
+
     def run(self, blocks: Iterable[Block]) -> None:
         """Process ``blocks``; raises the earliest block's failure after writing what finished."""
         todo = iter(blocks)
-        reads: deque[tuple[Block, Future]] = deque()
-        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="nahual-read") as pool:
+        with (
+            ThreadPoolExecutor(READERS, thread_name_prefix="nahual-read") as readers,
+            ThreadPoolExecutor(WRITERS, thread_name_prefix="nahual-write") as writers,
+        ):
             try:
-                while True:
-                    while self.error is None and len(reads) < self.inflight and (b := next(todo, None)) is not None:
-                        reads.append((b, pool.submit(self.job.payload, b)))
-                    while self.error is None and reads and len(self.pending) < self.inflight:
-                        block, read = reads.popleft()
-                        try:
-                            payload = read.result()
-                        except Exception as exc:
-                            self._fail(exc, block, READER)
-                            break
-                        self._send(block, payload, self._pick(), 0)
-                    if not self.pending:
-                        break
-                    done, _ = wait(list(self.pending), return_when=FIRST_COMPLETED)
-                    for future in done:
-                        self._collect(future)
+                while self._step(todo, readers, writers):
+                    pass
             finally:
-                for _, read in reads:
+                for _, read in self.reads:
                     read.cancel()
         if self.error is not None:
             raise self.error from self._cause
@@ -260,7 +313,9 @@ def apply(
         job.state.forget(index)
     todo = [b for b in job.mine if b.index not in done or b.index in damaged]
     bar = Progress(len(todo), f"{output}", enabled=progress)
-    _Pipeline(job, workers, options.inflight, options.retries, bar).run(todo)
+    spatial = {a: float(s) for a, s in zip(job.plan.axes, job.sink.target.scale, strict=True) if a in "zyx"}
+    reader = BlockReader(job.contract, job.plan, todo, job.image, job.labels, ahead=options.inflight, scale=spatial)
+    _Pipeline(job, reader, workers, options, bar).run(todo)
     final = None
     if finalize if finalize is not None else not options.sharded:
         final = finish(job.target.image_path, output)

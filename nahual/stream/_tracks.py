@@ -65,6 +65,7 @@ def write_tracks(
     edges: Mapping[str, Any] | np.ndarray,
     labels_name: str | None = None,
     attrs: dict[str, Any] | None = None,
+    edge_props: Mapping[str, Any] | None = None,
 ) -> str:
     """Write a tracking graph as GEFF at ``IMAGE/tracks/NAME``.
 
@@ -85,6 +86,8 @@ def write_tracks(
         (GEFF ``related_objects``).
     attrs : dict, optional
         Provenance, stored in the GEFF ``extra`` metadata under ``"nahual"``.
+    edge_props : mapping of str to 1-d arrays, optional
+        Edge properties aligned with ``edges`` (e.g. ``lineage``: ``budding`` or ``continuation``).
 
     Returns
     -------
@@ -103,6 +106,9 @@ def write_tracks(
     pairs = _edge_arrays(edges)
     if pairs.size and not np.isin(pairs, ids).all():
         raise ContractError("an edge names a node id that is not among the nodes")
+    edge_columns = {k: np.asarray(v) for k, v in (edge_props or {}).items()}
+    if any(v.shape != (len(pairs),) for v in edge_columns.values()):
+        raise ContractError(f"edge properties must be 1-d with one value per edge ({len(pairs)})")
     image = image_group(image_path)
     tracks = image.require_group("tracks")
     axes = [Axis(name="t", type="time")] + [Axis(name=a, type="space") for a in _SPATIAL if a in columns]
@@ -124,7 +130,9 @@ def write_tracks(
     path = os.path.join(os.fspath(image_path), "tracks", name)
     if name in tracks:
         del tracks[name]
-    write_arrays(path, ids, props, pairs, None, metadata, zarr_format=int(image.metadata.zarr_format), overwrite=True)
+    edge_values = {k: {"values": v, "missing": None} for k, v in edge_columns.items()} or None
+    zarr_format = int(image.metadata.zarr_format)
+    write_arrays(path, ids, props, pairs, edge_values, metadata, zarr_format=zarr_format, overwrite=True)
     return path
 
 

@@ -1,0 +1,234 @@
+"""The array output: a model's per-pixel arrays (probability maps) as an OME-Zarr image ``IMAGE/predictions/NAME``.
+
+Zarr streaming layer. A model of the ``array`` kind returns ``{"array": A}``:
+its output channels first (one, for a single map), then the block's read box
+on the model's other axes, in their order. Each block's core goes into an
+intermediate array in the run's state, created by the first block written
+(which says how many channels and which dtype there are; a resumed or sharded
+run opens it and must agree), and the block is recorded with the digest of
+what it wrote. Finishing copies the cores into ``predictions/NAME`` block by
+block, checking each against its digest, and gives the image the resolution
+levels of the image it was made from, picking every n-th pixel as label
+levels do, so that its values stay the model's own. The image has the
+source's axes, with ``c`` (added where the source had none) holding the
+model's channels. Finishing again gives the same image: it reads only the
+intermediate data.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import zarr
+
+from ..errors import BlockError, ContractError
+from ._integrity import compressors, digest, read
+from ._ome import axis_names, image_group, ngff_version, ome_attrs
+from ._omewrite import _append_datasets, _array_options, _multiscale, _set_ome
+from ._plan import Block
+from ._pyramid import add_levels, image_level_steps
+from ._sink import FINISHER, REDO, Sink
+
+__all__ = ["PREDICTIONS", "ArraySink", "output_axes"]
+
+#: The group under the image that holds array outputs.
+PREDICTIONS = "predictions"
+#: The intermediate array of the run's state (beside ``raw``, which label runs use).
+INTERMEDIATE = "array"
+
+
+def output_axes(axes: str) -> str:
+    """The axes of an array output of an image with ``axes``: those axes, with ``c`` before z, y, x if absent."""
+    if "c" in axes:
+        return axes
+    first = min((axes.index(a) for a in "zyx" if a in axes), default=len(axes))
+    return axes[:first] + "c" + axes[first:]
+
+
+@dataclass
+class ArraySink(Sink):
+    """Writes the array results of one run and assembles ``predictions/NAME`` at the end."""
+
+    folder = PREDICTIONS
+
+    def __post_init__(self) -> None:
+        self.axes = output_axes(self.plan.axes)
+        self._array: zarr.Array | None = None
+        self._lock = threading.Lock()
+
+    def check(self) -> None:
+        """Any plan will do: tiles own whole chunks, iterated axes are written one index at a time."""
+
+    def prepare(self) -> None:
+        """Nothing yet: the first block's result says how many channels the intermediate array has."""
+
+    def _layout(self, channels: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Shape and chunks of the output: the plan's output shape and chunks, ``c`` whole."""
+        plan = self.plan
+        shapes = dict(zip(plan.out_axes, plan.out_shape, strict=True))
+        chunks = dict(zip(plan.out_axes, plan.out_chunks, strict=True))
+        return (
+            tuple(channels if a == "c" else shapes[a] for a in self.axes),
+            tuple(channels if a == "c" else chunks[a] for a in self.axes),
+        )
+
+    def _intermediate(self, channels: int | None = None, dtype: np.dtype | None = None) -> zarr.Array:
+        """The intermediate array: opened, or created for ``channels`` of ``dtype`` by the first block."""
+        with self._lock:
+            if self._array is None:
+                path = os.path.join(self.state.path, INTERMEDIATE)
+                try:
+                    self._array = zarr.open_array(path, mode="r+")
+                except (FileNotFoundError, zarr.errors.NodeNotFoundError):
+                    if channels is None:
+                        raise
+                    shape, chunks = self._layout(channels)
+                    self._array = zarr.create_array(
+                        store=path,
+                        shape=shape,
+                        chunks=chunks,
+                        dtype=dtype,
+                        fill_value=0,
+                        zarr_format=self.target.zarr_format,
+                        compressors=compressors(self.target.zarr_format),
+                    )
+            return self._array
+
+    def _core(self, block: Block, result: Any) -> np.ndarray:
+        """A result's core laid out on the output's axes (iterated axes as singletons).
+
+        Raises
+        ------
+        ContractError
+            When the result is not ``{"array": numbers}`` of the block's read box with channels first.
+        """
+        plan = self.plan
+        data = result.get("array") if isinstance(result, dict) else None
+        if data is None:
+            keys = sorted(result) if isinstance(result, dict) else type(result).__name__
+            raise ContractError(f"an array model must return {{'array': (c, ...) array}}, got {keys}")
+        data = np.asarray(data)
+        spatial = plan.model_axes.replace("c", "")
+        box = tuple(block.read_stop[plan.axes.index(a)] - block.read_start[plan.axes.index(a)] for a in spatial)
+        if data.shape[1:] != box or data.dtype.kind not in "biuf":
+            raise ContractError(
+                f"array result must be numbers of shape (channels, {', '.join(map(str, box))}) "
+                f"(c first, then axes {spatial!r}), got {data.dtype} {data.shape}"
+            )
+        position = {a: plan.axes.index(a) for a in spatial}
+        core = tuple(
+            slice(block.start[i] - block.read_start[i], block.stop[i] - block.read_start[i]) for i in position.values()
+        )
+        kept = "c" + spatial
+        present = "".join(a for a in self.axes if a in kept)
+        data = np.transpose(data[(slice(None), *core)], [kept.index(a) for a in present])
+        return data.reshape([data.shape[present.index(a)] if a in present else 1 for a in self.axes])
+
+    def _box(self, block: Block) -> tuple[slice, ...]:
+        """The block's core in the output's coordinates (all channels)."""
+        plan = self.plan
+        return tuple(
+            slice(None) if a == "c" else slice(block.start[plan.axes.index(a)], block.stop[plan.axes.index(a)])
+            for a in self.axes
+        )
+
+    def write(self, block: Block, result: Any) -> None:
+        """Write one block's core into the intermediate array, then record it with its digest."""
+        core = self._core(block, result)
+        dtype = np.dtype(np.uint8) if core.dtype.kind == "b" else core.dtype
+        array = self._intermediate(core.shape[self.axes.index("c")], dtype)
+        channels = array.shape[self.axes.index("c")]
+        if core.shape[self.axes.index("c")] != channels:
+            raise ContractError(
+                f"{self.plan.describe(block)} gives {core.shape[self.axes.index('c')]} channels, "
+                f"earlier blocks {channels}: a model must give every block the same channels"
+            )
+        data = core.astype(array.dtype, copy=False)
+        array[self._box(block)] = data
+        self.state.record(block.index, {"channels": channels}, data=data)
+
+    def _core_damage(self, block: Block, core: np.ndarray) -> str | None:
+        want, got = self.state.info(block.index).get("digest"), digest(core)
+        return None if want in (None, got) else f"its intermediate array has {got}, recorded {want}"
+
+    def damage(self, block: Block) -> str | None:
+        """Side data as in :meth:`Sink.damage`, and the block's core in the intermediate array against its digest."""
+        side = super().damage(block)
+        if side is not None:
+            return side
+        try:
+            core = read(self._intermediate(), self._box(block), "the intermediate array", REDO)
+        except (FileNotFoundError, zarr.errors.NodeNotFoundError):
+            return f"the intermediate array {os.path.join(self.state.path, INTERMEDIATE)} is missing"
+        except ContractError as exc:  # a chunk that does not decode
+            return str(exc)
+        return self._core_damage(block, core)
+
+    def _create_image(self, like: zarr.Array, provenance: dict[str, Any]) -> zarr.Group:
+        """``predictions/NAME`` (replaced if there): an OME-Zarr image of the output's axes, the source's pixel size."""
+        version = ngff_version(self.target.zarr_format)
+        scales = dict(zip(self.plan.axes, self.target.scale, strict=True))
+        scale = tuple(scales.get(a, 1.0) if a != "c" else 1.0 for a in self.axes)
+        group = image_group(self.target.image_path).require_group(PREDICTIONS).create_group(self.name, overwrite=True)
+        _set_ome(group, version, {"multiscales": [_multiscale(self.axes, scale, self.name, version)]})
+        group.create_array(
+            "0",
+            shape=like.shape,
+            chunks=like.chunks,
+            dtype=like.dtype,
+            fill_value=0,
+            **_array_options(version, self.axes),
+        )
+        group.attrs["nahual"] = provenance
+        return group
+
+    def _add_levels(self, group: zarr.Group) -> int:
+        """The coarser levels of the source image, picked from level 0 (``c`` kept whole); returns the levels."""
+        image = image_group(self.target.image_path)
+        meta = (ome_attrs(dict(image.attrs)).get("multiscales") or [{}])[0]
+        image_axes = axis_names(meta)
+        if image_axes.replace("c", "") != self.axes.replace("c", ""):
+            return 1
+        keep = [i for i, a in enumerate(image_axes) if a != "c"]
+        level0 = group["0"]
+        at = self.axes.index("c")
+        spatial = tuple(n for i, n in enumerate(level0.shape) if i != at)
+        scale = tuple(s for a, s in zip(self.plan.axes, self.target.scale, strict=True) if a != "c")
+        steps = []
+        for factors, transforms in image_level_steps(meta, image, keep, spatial, scale):
+            widened = []
+            for t in transforms:
+                values = list(t[t["type"]])
+                values.insert(at, 1.0 if t["type"] == "scale" else 0.0)
+                widened.append({"type": t["type"], t["type"]: values})
+            steps.append(((*factors[:at], 1, *factors[at:]), widened))
+        version = ngff_version(self.target.zarr_format)
+        _append_datasets(group, version, add_levels(group, steps, _array_options(version, self.axes)))
+        return 1 + len(steps)
+
+    def finalize(self, provenance: dict[str, Any]) -> dict[str, Any]:
+        """Copy every block's core into ``predictions/NAME`` (checked), add levels, store the provenance.
+
+        Raises
+        ------
+        BlockError
+            Naming the first block whose recorded data is damaged (the output is then not complete).
+        """
+        array = self._intermediate()
+        group = self._create_image(array, provenance)
+        final = group["0"]
+        for block in self.plan.blocks():
+            box = self._box(block)
+            core = read(array, box, "the intermediate array", REDO)
+            damage = self._core_damage(block, core)
+            if damage is not None:
+                raise BlockError(self.plan.describe(block), FINISHER, f"{damage}; {REDO}")
+            final[box] = core
+        summary = {"channels": int(array.shape[self.axes.index("c")]), "dtype": str(array.dtype)}
+        summary["levels"] = self._add_levels(group)
+        group.attrs["nahual"] = {**provenance, **summary}
+        return summary

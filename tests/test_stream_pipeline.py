@@ -1,0 +1,235 @@
+"""The pipelined run: chunks decoded once, writes behind on their own threads, a bounded window, GPUs per instance."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+zarr = pytest.importorskip("zarr")
+
+from stream_models import Blobs  # noqa: E402
+from test_stream_resume import labels_of  # noqa: E402
+from test_stream_stitch import blobs  # noqa: E402
+
+import nahual.launcher  # noqa: E402
+from nahual.errors import BlockError  # noqa: E402
+from nahual.launcher import spread_devices  # noqa: E402
+from nahual.stream import LocalModel, StreamOptions, apply, make_plan, write_image  # noqa: E402
+from nahual.stream import _payload as payload_module  # noqa: E402
+from nahual.stream._connect import connect_workers  # noqa: E402
+from nahual.stream._labels import LabelSink  # noqa: E402
+from nahual.stream._payload import BlockReader, ChunkCache  # noqa: E402
+from nahual.stream._resume import RunState  # noqa: E402
+
+TILE = StreamOptions(tile="y=32,x=32", halo=8, inflight=2)
+
+
+@pytest.fixture
+def pixels():
+    return blobs((2, 128, 128), 64, seed=3)
+
+
+@pytest.fixture
+def image(tmp_path, pixels):
+    return write_image(tmp_path / "img.zarr", pixels, "tyx", chunks=(1, 64, 64))
+
+
+@pytest.fixture
+def reference(image):
+    with LocalModel(Blobs) as model:
+        apply(model, image, "reference", TILE, progress=False)
+    return labels_of(image, "reference")
+
+
+def count_chunk_reads(monkeypatch) -> list[int]:
+    """Make every read of the input record how many chunks its box spans (64x64 chunks of a tyx array)."""
+    spans: list[int] = []
+    direct = payload_module.read
+
+    def counted(array, box, *args):
+        spans.append(int(np.prod([-(-(s.stop) // c) - s.start // c for s, c in zip(box, array.chunks, strict=True)])))
+        return direct(array, box, *args)
+
+    monkeypatch.setattr(payload_module, "read", counted)
+    return spans
+
+
+def test_blocks_read_through_the_cache_match_direct_reads_and_decode_each_chunk_once(image, pixels, monkeypatch):
+    array = zarr.open_array(f"{image}/0", mode="r")
+    plan = make_plan(
+        Blobs.contract, "labels", "tyx", array.shape, array.chunks, StreamOptions(tile="y=40,x=40", halo=8)
+    )
+    blocks = plan.blocks()
+    spans = count_chunk_reads(monkeypatch)
+    reader = BlockReader(Blobs.contract, plan, blocks, array, None, ahead=2)
+    for block in blocks:
+        (t, y0, x0), (_, y1, x1) = block.read_start, block.read_stop
+        got = reader(block)["image"]
+        assert got.dtype == np.float32 and np.array_equal(got, pixels[t, y0:y1, x0:x1]), plan.describe(block)
+    assert len(blocks) == 32 and sum(spans) == 2 * 2 * 2  # each of the 8 chunks once, not once per block
+
+
+def test_reader_threads_share_the_cache_and_get_the_right_pixels(image, pixels):
+    array = zarr.open_array(f"{image}/0", mode="r")
+    plan = make_plan(
+        Blobs.contract, "labels", "tyx", array.shape, array.chunks, StreamOptions(tile="y=24,x=24", halo=5)
+    )
+    blocks = plan.blocks()
+    reader = BlockReader(Blobs.contract, plan, blocks, array, None, ahead=4)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(reader, blocks))
+    for block, result in zip(blocks, results, strict=True):
+        (t, y0, x0), (_, y1, x1) = block.read_start, block.read_stop
+        assert np.array_equal(result["image"], pixels[t, y0:y1, x0:x1]), plan.describe(block)
+
+
+def test_a_box_wider_than_the_cache_is_read_directly(image, pixels, monkeypatch):
+    spans = count_chunk_reads(monkeypatch)
+    cache = ChunkCache(zarr.open_array(f"{image}/0", mode="r"), keep=2)
+    box = (slice(1, 2), slice(10, 100), slice(30, 128))
+    assert np.array_equal(cache.read(box), pixels[box])
+    assert np.array_equal(cache.read(box), pixels[box])
+    assert spans == [4, 4]  # nothing kept: each read decodes its four chunks
+
+
+def test_writes_run_behind_on_writer_threads_within_the_window(image, reference, monkeypatch):
+    """A slow writer fills the window: reads and requests go on while results wait, up to 3 x inflight blocks."""
+    events = {"read": 0, "written": 0, "most": 0}
+    lock = threading.Lock()
+    threads: set[str] = set()
+    read, write = BlockReader.__call__, LabelSink.write
+
+    def reading(self, block):
+        with lock:
+            events["read"] += 1
+            events["most"] = max(events["most"], events["read"] - events["written"])
+        return read(self, block)
+
+    def writing(self, block, result):
+        threads.add(threading.current_thread().name)
+        time.sleep(0.02)
+        write(self, block, result)
+        with lock:
+            events["written"] += 1
+
+    monkeypatch.setattr(BlockReader, "__call__", reading)
+    monkeypatch.setattr(LabelSink, "write", writing)
+    with LocalModel(Blobs) as model:
+        apply(model, image, "seg", TILE, progress=False)
+    assert np.array_equal(labels_of(image, "seg"), reference)
+    assert all(name.startswith("nahual-write") for name in threads), threads
+    assert TILE.inflight < events["most"] <= 3 * TILE.inflight, events
+
+
+def test_the_model_works_while_finished_blocks_are_written(image, monkeypatch):
+    """A block's write overlaps the model's work on a later block (intervals from timestamps, no time limit)."""
+    write, process = LabelSink.write, Blobs.process
+    writes, calls = [], []
+
+    def slow_write(self, block, result):
+        start = time.monotonic()
+        time.sleep(0.03)
+        write(self, block, result)
+        writes.append((start, time.monotonic()))
+
+    def timed_process(self, payload, **params):
+        start = time.monotonic()
+        result = process(self, payload, **params)
+        calls.append((start, time.monotonic()))
+        return result
+
+    monkeypatch.setattr(LabelSink, "write", slow_write)
+    monkeypatch.setattr(Blobs, "process", timed_process)
+    with LocalModel(Blobs, {"delay_s": 0.03}) as model:
+        apply(model, image, "seg", TILE.replace(inflight=1), progress=False, finalize=False)
+    assert len(writes) == len(calls) == 2 * 4 * 4
+    overlapping = sum(any(ws < ce and cs < we for cs, ce in calls) for ws, we in writes)
+    assert overlapping >= len(writes) // 2, f"{overlapping} of {len(writes)} writes overlapped a model call"
+
+
+def test_a_failing_write_names_its_block_and_resume_finishes(image, reference, monkeypatch):
+    write = LabelSink.write
+
+    def failing(self, block, result):
+        if block.index == 5:
+            raise OSError("disk full")
+        write(self, block, result)
+
+    monkeypatch.setattr(LabelSink, "write", failing)
+    with LocalModel(Blobs) as model:
+        with pytest.raises(BlockError) as caught:
+            apply(model, image, "seg", TILE, progress=False)
+        assert caught.value.block.startswith("block 5 ") and isinstance(caught.value.__cause__, OSError)
+        assert "OSError: disk full" in str(caught.value)
+        finished = RunState(str(image), "seg").finished()
+        assert 5 not in finished and {0, 1, 2, 3, 4} <= finished
+        monkeypatch.setattr(LabelSink, "write", write)
+        again = apply(model, image, "seg", TILE, progress=False)
+    assert again["skipped"] == len(finished) and np.array_equal(labels_of(image, "seg"), reference)
+
+
+@pytest.mark.parametrize(
+    ("instances", "environ", "expected"),
+    [
+        (2, {"CUDA_VISIBLE_DEVICES": "0,1"}, ["0", "1"]),
+        (2, {"CUDA_VISIBLE_DEVICES": "0,1", "NAHUAL_GPUS": "4,5,6,7"}, ["4,5", "6,7"]),
+        (3, {"NAHUAL_GPUS": "2, 3"}, ["2", "3", "2"]),
+        (1, {"CUDA_VISIBLE_DEVICES": "0,1"}, [None]),
+        (2, {"CUDA_VISIBLE_DEVICES": "3"}, [None, None]),
+        (2, {}, [None, None]),
+    ],
+)
+def test_gpus_are_spread_over_instances(instances, environ, expected):
+    assert spread_devices(instances, environ) == expected
+
+
+def _environ(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        items = [entry.split(b"=", 1) for entry in f.read().split(b"\0") if b"=" in entry]
+    return {key.decode(): value.decode() for key, value in items}
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads the servers' environment from /proc")
+def test_each_launched_instance_sees_its_own_gpu(monkeypatch):
+    monkeypatch.delenv("NAHUAL_GPUS", raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    servers = []
+    launch = nahual.launcher.launch
+
+    def recorded(*args, **kwargs):
+        servers.append(launch(*args, **kwargs))
+        return servers[-1]
+
+    monkeypatch.setattr(nahual.launcher, "launch", recorded)
+    with connect_workers("threshold", {"threshold": 0.5}, env="current", instances=2) as workers:
+        assert len(workers) == 2
+        seen = sorted(_environ(server.pid)["CUDA_VISIBLE_DEVICES"] for server in servers)
+    assert seen == ["0", "1"]
+    assert all(server.returncode is not None for server in servers)
+
+
+class ScaleReader(Blobs):
+    """Blobs that reads the payload's ``scale`` and refuses a payload without the store's pixel size."""
+
+    name = "scale-reader"
+    contract = dataclasses.replace(Blobs.contract, reads_scale=True)
+
+    def process(self, payload, **params):
+        if payload.get("scale") != {"y": 0.25, "x": 0.5}:
+            raise ValueError(f"scale {payload.get('scale')!r}")
+        return super().process(payload, **params)
+
+
+def test_only_a_model_that_reads_the_scale_gets_the_store_s_pixel_size(tmp_path, pixels):
+    store = write_image(tmp_path / "scaled.zarr", pixels, "tyx", scale=(2.0, 0.25, 0.5), chunks=(1, 64, 64))
+    with LocalModel(ScaleReader) as model:
+        apply(model, store, "seg", TILE, progress=False)
+    plan = make_plan(Blobs.contract, "labels", "tyx", pixels.shape, (1, 64, 64), TILE)
+    reader = BlockReader(Blobs.contract, plan, list(plan.blocks()), zarr.open_array(f"{store}/0"), None, 1, {"x": 0.5})
+    assert "scale" not in reader(next(iter(plan.blocks())))  # payloads of other models stay as they were
