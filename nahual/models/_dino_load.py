@@ -249,15 +249,13 @@ def _import_from(folder: Path, module_name: str) -> Any:
 
 def _load_state_dict(module: Any, path: Path, entry: str) -> None:
     """``module.load_state_dict(torch.load(path, weights_only=True), strict=True)``, errors as one line."""
-    import pickle
-
     import torch
 
     if not path.is_file():
         raise WeightsError(f"weights of {entry!r} at {path} are not a file (expected a torch state dict .pth)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError) as exc:
+    except Exception as exc:  # torch's refusals (UnpicklingError of weights_only, RuntimeError), OSError, EOFError
         raise WeightsError(f"{path} is not a torch state dict: {_first_line(exc)}") from exc
     if not isinstance(state, dict):
         raise WeightsError(f"{path} holds a {type(state).__name__}, expected a state dict")
