@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -44,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _servers import stop_all, wait_ready
 
 import nahual
 
@@ -145,11 +145,7 @@ def serve(python: str, directory: Path, name: str, workers: int) -> tuple[subpro
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
     argv = [python, "-m", "nahual", "serve", address, "--ready-file", str(ready), "--workers", str(workers)]
     process = subprocess.Popen([*argv, "--allow-module-models"], env=env)
-    deadline = time.monotonic() + 120
-    while not ready.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"{python} -m nahual serve did not start")
-        time.sleep(0.01)
+    wait_ready(ready, process, timeout=120)
     return process, address
 
 
@@ -207,13 +203,7 @@ def main() -> None:
             threads = {"concurrency": os.cpu_count() or 1}
             run_model(address, "batching:ConvNet", {"plain": {}, "batched": batching, "threads": threads}, tile, args)
     finally:
-        for process in servers:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        shutil.rmtree(directory, ignore_errors=True)
+        stop_all(servers, directory)
 
 
 if __name__ == "__main__":

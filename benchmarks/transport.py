@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import socket
 import statistics
 import subprocess
@@ -35,6 +34,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _servers import stop_all, wait_ready
 
 import nahual
 
@@ -70,14 +70,6 @@ def raw_echo_server(path: str) -> None:
     finally:
         conn.close()
         listener.close()
-
-
-def wait_for(path: Path, process: subprocess.Popen, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"{process.args} did not start")
-        time.sleep(0.01)
 
 
 def plain_client(address: str) -> nahual.Client:
@@ -136,8 +128,8 @@ def main() -> None:
     server = subprocess.Popen([sys.executable, "-m", "nahual", "serve", address, "--ready-file", str(ready)])
     raw = subprocess.Popen([sys.executable, __file__, "--raw-server", str(raw_path)])
     try:
-        wait_for(ready, server)
-        wait_for(raw_path, raw)
+        wait_ready(ready, server)
+        wait_ready(raw_path, raw)
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         conn.connect(str(raw_path))
         with nahual.Client(address, timeout=120) as client, plain_client(address) as plain:
@@ -157,14 +149,7 @@ def main() -> None:
                 )
         conn.close()
     finally:
-        for process in (server, raw):
-            if process.poll() is None:
-                process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        shutil.rmtree(directory, ignore_errors=True)
+        stop_all((server, raw), directory)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .errors import ContractError, PayloadError, ProtocolError
-from .lineage import NODE_ID_STRIDE, tracklets
+from .lineage import NODE_ID_STRIDE, tracking_result
 from .model import Contract
 
 __all__ = ["KNOWN_MODELS", "LAYOUTS", "Layout", "layout_named", "layout_of"]
@@ -176,12 +176,7 @@ class _Tracks(Layout):
             pairs = np.sort(np.stack([source, target], axis=1).reshape(-1, 2), axis=1)  # forward in time
         except (TypeError, ValueError) as exc:
             raise ProtocolError(f"a tracks reply holds equally long lists of integers: {exc}") from None
-        nodes = object_nodes(np.asarray(data["labels"]))
-        track_id, rows = tracklets(nodes["id"], nodes["t"], pairs)
-        table = np.array(rows, np.int64).reshape(-1, 4)
-        tracks = {key: table[:, k] for k, key in enumerate(("track_id", "start", "end", "parent"))}
-        edges = {"source": pairs[:, 0], "target": pairs[:, 1]}
-        return {"nodes": nodes, "edges": edges, "track_id": track_id, "tracks": tracks}
+        return tracking_result(object_nodes(np.asarray(data["labels"])), {"source": pairs[:, 0], "target": pairs[:, 1]})
 
     def serve(self, array: np.ndarray, contract: Contract, run: Run) -> dict[str, list[Any]]:
         if array.ndim != 4 or array.shape[0] != 2:

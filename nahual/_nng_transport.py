@@ -32,7 +32,7 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from . import _protocol as protocol
@@ -90,7 +90,7 @@ class NngTransport(Transport):
     ) -> None:
         self._address = address
         self._describe_loss = describe_loss
-        self._socket = RequestSocket(address, connect_timeout, allow_foreign_socket)
+        self._socket = RequestSocket(self._dial_target(address), connect_timeout, allow_foreign_socket)
         self._channels: queue.SimpleQueue[Channel] = queue.SimpleQueue()
         self._made: list[Channel] = []
         self._busy: set[Channel] = set()
@@ -103,13 +103,16 @@ class NngTransport(Transport):
 
     @property
     def address(self) -> str:
-        """The server's address."""
+        """The server's address, as given."""
         return self._address
+
+    def _dial_target(self, address: str) -> str:
+        """The nng address to dial for ``address``: itself here; a subclass may read options off its own."""
+        return address
 
     def handle_request(self, request: Frame, timeout: float | None) -> Frame:
         """Send the request through a free context and wait for its reply (at most ``timeout`` s)."""
-        channel = self._take_channel()
-        try:
+        with self._channel_in_use() as channel:
             offer, writer = self._offer(channel)
             meta = request.meta if offer is None else {**request.meta, "shm": offer}
             message = protocol.plan(Kind.REQUEST, request.request_id, meta, request.payload, writer)
@@ -120,14 +123,6 @@ class NngTransport(Transport):
                 frame = protocol.decode(channel.recv(timeout), channel.segments)
             finally:
                 channel.release()
-        except TimeoutError:
-            raise
-        except TransportError as exc:
-            if self.state is not State.OPEN:
-                raise  # closed by us
-            raise self._lost(exc) from exc
-        finally:
-            self._give_back(channel)
         confirmed = frame.meta.pop("shm", None)
         if confirmed is not None:
             self._shm = confirmed is True
@@ -145,6 +140,21 @@ class NngTransport(Transport):
         if self._shm:
             return True, channel.writer
         return channel.writer.probe(), None  # a segment name for the server to try, arrays in band
+
+    @contextlib.contextmanager
+    def _channel_in_use(self) -> Iterator[Channel]:
+        """A free context for one exchange, given back after it; a dropped connection raises the loss error."""
+        channel = self._take_channel()
+        try:
+            yield channel
+        except TimeoutError:
+            raise
+        except TransportError as exc:
+            if self.state is not State.OPEN:
+                raise  # closed by us
+            raise self._lost(exc) from exc
+        finally:
+            self._give_back(channel)
 
     def _take_channel(self) -> Channel:
         with self._idle:

@@ -7,15 +7,19 @@ tracks exactly as ``nahual apply`` and ``nahual export ctc`` read them.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .errors import ContractError
 
-__all__ = ["NODE_ID_STRIDE", "tracklets"]
+__all__ = ["NODE_ID_STRIDE", "TRACK_COLUMNS", "tracking_result", "tracklets"]
 
 #: A track node's id is ``t * NODE_ID_STRIDE + label``: unique in a series, and
 #: the same in every window of it, so that windows can be stitched on their overlap.
 NODE_ID_STRIDE = 2**32
+#: The columns of a tracks table, one row per track (CTC's ``res_track.txt``).
+TRACK_COLUMNS = ("track_id", "start", "end", "parent")
 
 
 def tracklets(ids: np.ndarray, t: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
@@ -54,3 +58,34 @@ def tracklets(ids: np.ndarray, t: np.ndarray, edges: np.ndarray) -> tuple[np.nda
             parent = int(track[up[0]]) if len(up) == 1 else 0
             rows[int(track[i])] = [int(track[i]), int(t[i]), int(t[i]), parent]
     return track, [(r[0], r[1], r[2], r[3]) for r in rows.values()]
+
+
+def tracking_result(nodes: dict[str, np.ndarray], edges: dict[str, np.ndarray]) -> dict[str, Any]:
+    """A ``tracks`` result from a tracker's nodes and edges: the track of every node, and the tracks table.
+
+    Every tracker cuts its graph into tracks here, so that served, local and
+    earlier-wire trackers all number their tracks as :func:`tracklets` does.
+
+    Parameters
+    ----------
+    nodes : dict of str to ndarray
+        At least ``id`` and ``t``, one entry per node.
+    edges : dict of str to ndarray
+        ``source`` and ``target`` node ids, parent to child.
+
+    Returns
+    -------
+    dict
+        ``nodes`` and ``edges`` as given, ``track_id`` aligned with the nodes,
+        and ``tracks``: :data:`TRACK_COLUMNS` -> 1-d int64 arrays.
+
+    Raises
+    ------
+    ContractError
+        When an edge names a node id that is not among the nodes.
+    """
+    pairs = np.stack([edges["source"], edges["target"]], axis=1).reshape(-1, 2)
+    track_id, rows = tracklets(nodes["id"], nodes["t"], pairs)
+    table = np.array(rows, np.int64).reshape(-1, len(TRACK_COLUMNS))
+    tracks = {key: table[:, k] for k, key in enumerate(TRACK_COLUMNS)}
+    return {"nodes": nodes, "edges": edges, "track_id": track_id, "tracks": tracks}

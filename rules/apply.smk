@@ -1,15 +1,16 @@
-# Consumers: each job streams one image (or one shard of it, for labels steps)
-# through the server of its step with `nahual apply`, which writes the output
-# inside the image store (labels/STEP, tracks/STEP or tables/STEP) and, only
-# once it succeeded, the job's marker (--done). A labels step has
-# streaming.shards jobs per image, joined by segment_stitch; a tracks step
-# sends the whole label time series of its input step to the tracker; a
+# Consumers: each job streams one image (or one shard of it, for labels and
+# array steps) through the server of its step with `nahual apply`, which writes
+# the output inside the image store (labels/STEP, tracks/STEP, tables/STEP or
+# predictions/STEP) and, only once it succeeded, the job's marker (--done). A
+# labels or array step has streaming.shards jobs per image, joined by
+# segment_stitch (no later step reads an array step's predictions); a tracks
+# step sends the whole label time series of its input step to the tracker; a
 # features or embeddings step sends each frame with its input step's labels.
 #
 # Before its consumers, output_reset starts a step's output afresh
 # (`nahual reset`: the record of a finished output and the state of an
 # unfinished run are dropped) whenever what the output is made from changed:
-# the step's record (results/params/IMAGE/STEP.json, rewritten by config.smk
+# the step's record (results/params/IMAGE/STEP.json, rewritten by records.smk
 # only when the model, params, kind, input or stream options change), the
 # image, or the marker of its input step. A run that was only interrupted
 # keeps its reset marker, so its rerun resumes the blocks it had recorded.

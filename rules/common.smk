@@ -2,14 +2,14 @@
 
 Paths (``{image}`` and ``{step}`` are config names, ``{batch}`` a server index,
 ``{consumer}`` one consumer job of a step: ``STEP/shardI-of-N`` for labels
-steps, ``STEP`` for the others):
+and array steps, ``STEP`` for the others):
 
 - ``results/images/{image}.ingested``: an image given as TIFF was converted
   into ``resources/{image}.zarr`` (image_ingest);
 - ``results/params/{image}/{step}.json``: what decides a step's output for an
   image (model, params, kind, input, stream options), and
   ``results/params/{image}.json`` how an image the workflow makes is made (the
-  TIFF and its axes and scale, or the demo section); rewritten by config.smk
+  TIFF and its axes and scale, or the demo section); rewritten by records.smk
   only when they change, so that their mtimes say what an edit changed;
 - ``results/{image}/{step}.reset``: the step's output was started afresh for
   that record (output_reset), so that no earlier run's state is resumed;
@@ -21,7 +21,8 @@ steps, ``STEP`` for the others):
 - ``results/{image}/{consumer}.done``: one consumer done (``nahual apply --done``);
   for a tracks or tables step that is the step done;
 - ``results/{image}/{step}.done``: a step done for an image (the output is
-  inside the image store: ``labels/{step}``, ``tracks/{step}`` or ``tables/{step}``);
+  inside the image store: ``labels/{step}``, ``tracks/{step}``, ``tables/{step}``
+  or, for an array step, ``predictions/{step}``);
 - ``results/{image}/report/*.png``: the pictures of the report.
 """
 
@@ -30,9 +31,14 @@ import os
 import shlex
 
 
-def steps_of(kind):
-    """Names of the steps of one output kind."""
-    return [name for name, step in STEPS.items() if step["kind"] == kind]
+#: Kinds whose steps run as ``streaming.shards`` consumer jobs per image, then one stitch (segment.smk):
+#: those that write a per-pixel image (labels, predictions), cut into blocks that any job may write.
+SHARDED_KINDS = ("labels", "array")
+
+
+def steps_of(*kinds):
+    """Names of the steps of these output kinds."""
+    return [name for name, step in STEPS.items() if step["kind"] in kinds]
 
 
 def name_pattern(names):
@@ -55,9 +61,9 @@ def parse_consumer(consumer):
 
 
 def consumer_pattern():
-    """A wildcard constraint matching the consumers of every step (and no step marker of a labels step)."""
-    sharded = [rf"{step}/shard\d+-of-\d+" for step in steps_of("labels")]
-    return name_pattern(sharded + [step for step, entry in STEPS.items() if entry["kind"] != "labels"])
+    """A wildcard constraint matching the consumers of every step (and no step marker of a sharded step)."""
+    sharded = [rf"{step}/shard\d+-of-\d+" for step in steps_of(*SHARDED_KINDS)]
+    return name_pattern(sharded + [step for step, entry in STEPS.items() if entry["kind"] not in SHARDED_KINDS])
 
 
 wildcard_constraints:
@@ -72,13 +78,13 @@ wildcard_constraints:
 
 
 def shards_of(image):
-    """The shards (I, N) of one image's labels steps, one consumer job each."""
+    """The shards (I, N) of one image's labels and array steps, one consumer job each."""
     count = IMAGES[image]["shards"]
     return [(index, count) for index in range(count)]
 
 
 def step_marker(image, step):
-    """The marker of a step done for an image (a stitch's for labels steps, the one consumer's otherwise)."""
+    """The marker of a step done for an image (a stitch's for sharded steps, the one consumer's otherwise)."""
     return f"results/{image}/{step}.done"
 
 
@@ -284,7 +290,7 @@ def get_apply_args(wildcards):
 
 
 def get_shard_markers(wildcards):
-    """The markers of every consumer of a labels step, for its stitch."""
+    """The markers of every consumer of a sharded step (labels, array), for its stitch."""
     names = [consumer_name(wildcards.step, shard) for shard in shards_of(wildcards.image)]
     return [f"results/{wildcards.image}/{name}.done" for name in names]
 

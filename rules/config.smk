@@ -6,9 +6,7 @@ what a schema cannot say (references between steps and models, image paths,
 each step's params against its model's parameter spec, the stream options
 against the images that exist already). Every error names the config key at
 fault. Config values are read with ``lookup(dpath=..., within=config)``.
-Then the record of each step of each image is written (``results/params/``,
-rewritten only when it changes), so that an edit redoes exactly the steps
-it changes (see apply.smk).
+records.smk then writes what each step of each image is made from.
 """
 
 import json
@@ -185,8 +183,6 @@ def check_image_paths(images):
 
 # ---------------------------------------------------------------- models and chain
 
-#: Output kinds the workflow handles (apply.smk; labels steps are then stitched by segment.smk).
-KINDS = ("labels", "tracks", "features", "embeddings", "cells")
 #: Kinds whose steps write labels/STEP, which later steps may read (a cells step: its cells, buds over mothers).
 LABEL_KINDS = ("labels", "cells")
 #: Registered model name -> its class, or None when the orchestrator cannot import it (filled on demand).
@@ -209,14 +205,11 @@ def model_class(model):
 
 
 def model_kind(model, key):
-    """Output kind of a registered model, from its contract."""
+    """Output kind of a registered model, from its contract (the workflow handles every kind a contract may name)."""
     cls = model_class(model)
     if cls is None:
         raise config_error(key, f"cannot find the output kind of model {model!r} here; give kind: explicitly")
-    kind = cls.contract.output
-    if kind not in KINDS:
-        raise config_error(key, f"model {model!r} outputs {kind!r}; the workflow handles {', '.join(KINDS)}")
-    return kind
+    return cls.contract.output
 
 
 def check_params(model, params, key):
@@ -356,60 +349,6 @@ def check_image_steps(name, image, steps, models):
             raise config_error(f"images.{name}", f"step {step_name}: {exc}") from None
 
 
-# ---------------------------------------------------------------- what each step of each image is
-
-
-def step_record(image, step):
-    """What decides a step's output for an image: model, params, kind, input and the options that change results."""
-    options = image["options"]
-    return {
-        "model": MODELS[step["model"]]["model"],
-        "params": step["params"],
-        "kind": step["kind"],
-        "input": step["input"],
-        "axes": image["axes"],
-        "options": {"tile": options.tile, "halo": options.halo, "level": options.level, "channel": options.channel},
-    }
-
-
-def image_record(image):
-    """What decides an image the workflow makes: the TIFF and how it is read, or the demo section."""
-    if image["made_by"] == "ingest":
-        return {"source": image["source"], "ingest": image["ingest"]}
-    return {"demo": DEMO}
-
-
-def params_file(image, step=None):
-    """The record of one step of one image (an input of its reset, apply.smk), or of how an image is made."""
-    return f"results/params/{image}.json" if step is None else f"results/params/{image}/{step}.json"
-
-
-def write_record(path, record):
-    """Write a record where its content changed (only then: its mtime is what reruns the jobs that read it)."""
-    text = json.dumps(record, sort_keys=True) + "\n"
-    try:
-        with open(path) as handle:
-            if handle.read() == text:
-                return
-    except OSError:
-        pass
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(f"{path}.part", "w") as handle:
-        handle.write(text)
-    os.replace(f"{path}.part", path)
-
-
-def write_records():
-    """The records of every image the workflow makes and of every step of every image (main process only)."""
-    if not workflow.is_main_process:
-        return
-    for image_name, image in IMAGES.items():
-        if image["made_by"]:
-            write_record(params_file(image_name), image_record(image))
-        for step_name, step in STEPS.items():
-            write_record(params_file(image_name, step_name), step_record(image, step))
-
-
 IMAGES = parse_images(config)
 MODELS = parse_models(config)
 STEPS = parse_chain(config, MODELS)
@@ -418,4 +357,3 @@ DEMO = lookup(dpath="demo", within=config)
 for _name, _image in IMAGES.items():
     if _image["made_by"] is None:
         check_image_steps(_name, _image, STEPS, MODELS)
-write_records()

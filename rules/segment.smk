@@ -1,6 +1,7 @@
-# Labels steps: once every shard of an image ran (model_apply), the stitch
-# joins their blocks into one consistent label image (objects cut by block
-# borders merged, numbered 1..N).
+# Labels and array steps: once every shard of an image ran (model_apply), the
+# stitch (`nahual stitch`) joins their blocks into one consistent label image
+# (objects cut by block borders merged, numbered 1..N), or an array step's into
+# its predictions image with the image's resolution levels.
 
 
 rule segment_stitch:
@@ -9,7 +10,7 @@ rule segment_stitch:
     output:
         "results/{image}/{step}.done",
     wildcard_constraints:
-        step=name_pattern(steps_of("labels")),
+        step=name_pattern(steps_of(*SHARDED_KINDS)),
     params:
         store=get_store,
     log:

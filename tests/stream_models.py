@@ -15,7 +15,7 @@ import numpy as np
 from nahual import Contract, Model, Param
 from nahual.lineage import NODE_ID_STRIDE
 
-__all__ = ["BREAKS", "Blobs", "Embed", "Measure", "ObjectEmbed", "Overlap", "TileEmbed", "TwoChannels"]
+__all__ = ["BREAKS", "Blobs", "Double", "Embed", "Measure", "ObjectEmbed", "Overlap", "TileEmbed", "TwoChannels"]
 
 
 class Blobs(Model):
@@ -49,6 +49,16 @@ class Blobs(Model):
         structure = np.ones((3,) * image.ndim, bool)
         labels, _ = self.ndimage.label(image > p["threshold"], structure=structure)
         return {"labels": labels.astype(np.uint32)}
+
+
+class Double(Model):
+    """Twice the image, as a one-channel float32 map: the smallest model of the ``array`` kind."""
+
+    name = "double"
+    contract = Contract(axes=("yx",), output="array", dtype="float32")
+
+    def process(self, payload: dict[str, Any], **params: Any) -> dict[str, Any]:
+        return {"array": 2 * np.asarray(payload["image"])[np.newaxis]}
 
 
 class Overlap(Model):

@@ -1,6 +1,6 @@
 """Labelled time-lapses with known lineage at any object size, and their CTC scores, for the tracker tests.
 
-Layer: tests (numpy; traccuracy and networkx only in :func:`ctc_scores`).
+Layer: tests (numpy; traccuracy and networkx only in :func:`ctc_scores`, through :mod:`track_scores`).
 :func:`make_series` draws a grid of discs ``diameter`` pixels across that
 drift a fraction of their diameter per frame, with two divisions whose
 daughters start up to 0.8 diameter from their mother's centre and one object
@@ -13,11 +13,12 @@ new track whose parent is the old one.
 
 from __future__ import annotations
 
-import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from track_scores import metric_results, tracking_graph
 
 from nahual.lineage import NODE_ID_STRIDE
 from nahual.models.laptrack import object_nodes
@@ -158,37 +159,18 @@ def _edges(table: dict[str, np.ndarray], first: dict[int, int], last: dict[int, 
     return {"source": np.array(source, np.int64)[order], "target": np.array(target, np.int64)[order]}
 
 
-def tracking_graph(nodes: dict[str, np.ndarray], edges: dict[str, np.ndarray], masks: np.ndarray) -> Any:
-    """A traccuracy graph from nahual's node/edge tables and the masks they label."""
-    import networkx as nx
-    from traccuracy import TrackingGraph
-
-    graph = nx.DiGraph()
-    for i, node in enumerate(nodes["id"].tolist()):
-        graph.add_node(
-            node,
-            t=int(nodes["t"][i]),
-            segmentation_id=int(nodes["label"][i]),
-            y=float(nodes["y"][i]),
-            x=float(nodes["x"][i]),
-        )
-    graph.add_edges_from(zip(edges["source"].tolist(), edges["target"].tolist()))
-    return TrackingGraph(graph, segmentation=masks, location_keys=("y", "x"))
-
-
 def ctc_scores(truth: Any, result: dict[str, Any], masks: np.ndarray) -> tuple[float, float]:
     """(TRA, division F1) of a tracker's result against a truth with ``nodes`` and ``edges``, by traccuracy."""
-    from traccuracy import run_metrics
     from traccuracy.matchers import CTCMatcher
     from traccuracy.metrics import CTCMetrics, DivisionMetrics
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        results, _ = run_metrics(
-            tracking_graph(truth.nodes, truth.edges, masks),
-            tracking_graph(result["nodes"], result["edges"], masks),
-            CTCMatcher(),
-            [CTCMetrics(), DivisionMetrics()],
-        )
-    named = {r["metric"]["name"]: r["results"] for r in results}
+    named = metric_results(
+        lambda: tracking_graph(truth.nodes, _pairs(truth.edges), masks),
+        lambda: tracking_graph(result["nodes"], _pairs(result["edges"]), masks),
+        (CTCMatcher(), [CTCMetrics(), DivisionMetrics()]),
+    )
     return named["CTCMetrics"]["TRA"], named["DivisionMetrics"]["Frame Buffer 0"]["Division F1"]
+
+
+def _pairs(edges: dict[str, np.ndarray]) -> Iterable[tuple[int, int]]:
+    return zip(edges["source"].tolist(), edges["target"].tolist())

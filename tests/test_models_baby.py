@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from baby_env import budding_series
 from conftest import TESTS
-from test_models_trackastra import ServedModel
+from served_models import ServedModel
 
 import nahual
 from nahual.catalog import envs_dir

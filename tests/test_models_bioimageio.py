@@ -300,7 +300,8 @@ def test_a_workflow_step_runs_a_package_and_its_labels_read_like_the_default_cha
     pytest.importorskip("snakemake")
     import anndata
     from ome_zarr_models.v05 import ImageLabel
-    from test_workflow import STORE, assert_nothing_left, copy_workflow, run_snakemake, stop_processes_in
+    from test_workflow import STORE, assert_nothing_left, copy_workflow
+    from workflow_runs import finished_run
 
     package = tmp_path / "demo-instances"
     shutil.copytree(packages / "instances", package)
@@ -317,11 +318,8 @@ def test_a_workflow_step_runs_a_package_and_its_labels_read_like_the_default_cha
             "streaming": {"tile": {"y": 128, "x": 128}, "halo": None, "shards": 1, "inflight": 2, "channel": 0},
         },
     )
-    try:
-        result = run_snakemake(workdir, "--cores", "2")
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    finally:
-        stop_processes_in(workdir)
+    with finished_run(workdir, "--cores", "2"):
+        pass
     assert_nothing_left(workdir)
     assert "envs/bioimageio-onnx/.venv/bin/python" in (workdir / "results" / "envs" / "bioimageio.txt").read_text()
     group = zarr.open_group(workdir / STORE, mode="r")

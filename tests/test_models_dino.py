@@ -15,28 +15,25 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from conftest import ROOT, TESTS
+from conftest import TESTS
 from dino_env import HF_WIDTH, HUB_WIDTH, scene
+from served_models import ServedModelTests, cpu_environment, cpu_spec, cuda_environment_lock
 
 import nahual
 import nahual.errors
 from nahual.catalog import envs_dir
-from nahual.launcher import UvEnv, parse_env_spec
 from nahual.models.dino import DINOv2, DINOv3
-from nahual.testing import ModelTests
 from nahual.weights import add, checksum
 
 pytestmark = pytest.mark.slow
 
-#: The CPU build of the environment (the lock's torch swapped for torch==2.13.0+cpu).
-SPEC = f"uv:{envs_dir() / 'dino'}?torch=cpu"
+SPEC = cpu_spec("dino")
 HELPER = TESTS / "dino_env.py"
 LIMITS = nahual.Timeout(connect=10.0, request=180.0, startup=120.0)
 #: Load params of every served instance: one torch thread, as every test on 2 cores.
@@ -47,21 +44,9 @@ SMALL = {"threads": 1, "size": 28}
 HF_ID = "tiny/dinov2"
 
 
-def environment() -> UvEnv:
-    """The prepared CPU build of envs/dino, or a skip that says how to prepare it."""
-    backend = parse_env_spec(SPEC)
-    assert isinstance(backend, UvEnv)
-    if not backend.is_synced():
-        pytest.skip(
-            f"the dino environment is not prepared: run `nahual env-prepare '{SPEC}'` with UV_FIND_LINKS "
-            "pointing at a folder holding the torch 2.13.0 CPU wheel (.ci/install does this in CI)"
-        )
-    return backend
-
-
 def helper(*args: str | Path) -> None:
     done = subprocess.run(
-        [environment().python()[0], str(HELPER), *map(str, args)], capture_output=True, text=True, timeout=300
+        [cpu_environment("dino").python()[0], str(HELPER), *map(str, args)], capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
@@ -78,7 +63,7 @@ def hf_cache_snapshot(folder: Path, hf_home: Path, repo_id: str) -> None:
 @pytest.fixture(scope="module")
 def made(tmp_path_factory) -> Iterator[Path]:
     """The test models, with $NAHUAL_WEIGHTS, $TORCH_HOME and $HF_HOME pointing at this module's folders."""
-    environment()
+    cpu_environment("dino")
     root = tmp_path_factory.mktemp("dino")
     hub = root / "torch" / "hub"
     helper("hub-v2", hub / "facebookresearch_dinov2_main", root / "weights")
@@ -345,33 +330,9 @@ def test_the_instance_contract_follows_the_granularity(client):
     assert objects.contract.output == "embeddings" and objects.contract.axes == ("cyx",)
 
 
-class ServedModel:
-    """A model loaded on a server, with the two members :class:`ModelTests` uses of a loaded model.
-
-    ``process`` raises a served model's error again as the nahual error class the server raised.
-    """
-
-    def __init__(self, handle: nahual.ModelHandle) -> None:
-        self.handle = handle
-        self.params = {**DINOv2.defaults, **handle.params}
-
-    def process(self, payload: Any, **params: Any) -> Any:
-        try:
-            return self.handle(payload, **params)
-        except nahual.RemoteError as exc:
-            kind = getattr(nahual.errors, exc.remote_type, None)
-            if isinstance(kind, type) and issubclass(kind, nahual.errors.NahualError):
-                raise kind(exc.remote_message) from exc
-            raise
-
-
-class TestDINOv2(ModelTests):
+class TestDINOv2(ServedModelTests):
     model_class = DINOv2
     load_params = SMALL
-
-    @pytest.fixture(scope="class")
-    def model(self, client) -> ServedModel:  # type: ignore[override]
-        return ServedModel(client.load("dinov2", **self.load_params))
 
     def make_payload(self) -> dict:
         image, labels = scene()
@@ -384,12 +345,9 @@ def test_the_models_are_registered_and_in_the_catalog_with_one_cuda_environment(
 
     assert default_env("dinov2") == default_env("dinov3") == f"uv:{envs_dir() / 'dino'}"
     assert available_models()["dinov3"] == "nahual.models.dino:DINOv3"
-    project = (ROOT / "envs" / "dino" / "pyproject.toml").read_text()
-    assert "[tool.nahual]\ncuda = true" in project and '"torch==2.13.0"' in project
-    lock = (ROOT / "envs" / "dino" / "uv.lock").read_text()
+    lock = cuda_environment_lock("dino")
     for name in ("torchvision", "timm"):
         assert f'name = "{name}"' not in lock
-    assert str(ROOT) not in lock and sys.prefix not in lock
 
 
 def test_the_known_weights_are_the_dinov2_releases_and_dinov3_has_none():

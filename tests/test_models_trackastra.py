@@ -15,7 +15,6 @@ import io
 import json
 import os
 import subprocess
-import sys
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,43 +22,28 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from served_models import ServedModelTests, cpu_environment, cpu_spec, cuda_environment_lock
 from trackastra_weights import DEMO_CUTOFF
 
 import nahual
 import nahual.errors
 from nahual.catalog import envs_dir
-from nahual.launcher import UvEnv, parse_env_spec
 from nahual.lineage import NODE_ID_STRIDE
 from nahual.models.trackastra import MODEL_FILES, Trackastra
-from nahual.testing import ModelTests
 from nahual.weights import add, fetch
 
 pytestmark = pytest.mark.slow
 
-#: The CPU build of the environment (the lock's torch swapped for torch==2.13.0+cpu).
-SPEC = f"uv:{envs_dir() / 'trackastra'}?torch=cpu"
+SPEC = cpu_spec("trackastra")
 #: Loading imports torch and trackastra (seconds on a loaded 2-core machine).
 LIMITS = nahual.Timeout(connect=10.0, request=180.0, startup=120.0)
 #: Load params of the toy model: one torch thread, as every test on 2 cores.
 TOY = {"model": "toy", "threads": 1}
 
 
-def environment() -> UvEnv:
-    """The prepared CPU build of envs/trackastra, or a skip that says how to prepare it."""
-    backend = parse_env_spec(SPEC)
-    assert isinstance(backend, UvEnv)
-    if not backend.is_synced():
-        pytest.skip(
-            f"the trackastra environment is not prepared: run `nahual env-prepare '{SPEC}'` with UV_FIND_LINKS "
-            "pointing at a folder holding the torch 2.13.0 CPU wheel (.ci/install does this in CI)"
-        )
-    return backend
-
-
 def write_weights(kind: str, folder: Path, cutoff: float = 12.0) -> Path:
     """A ``toy`` or ``random`` Trackastra model folder, written by the environment's own Python."""
-    python = environment().python()[0]
+    python = cpu_environment("trackastra").python()[0]
     script = Path(__file__).with_name("trackastra_weights.py")
     argv = [python, str(script), kind, str(folder), "--cutoff", str(cutoff)]
     subprocess.run(argv, check=True, capture_output=True, timeout=300)
@@ -100,7 +84,7 @@ DIVISION_EDGES = sorted(
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Iterator[Path]:
     """A weights cache ($NAHUAL_WEIGHTS, also for the server) holding ``toy``, ``toy8`` and ``random``."""
-    environment()
+    cpu_environment("trackastra")
     root = tmp_path_factory.mktemp("weights")
     made = tmp_path_factory.mktemp("made")
     with pytest.MonkeyPatch.context() as patch:
@@ -258,43 +242,15 @@ def test_importing_trackastra_leaves_the_process_environment_and_root_logger_alo
         "print(json.dumps([root.level, len(root.handlers), os.environ.get('KMP_DUPLICATE_LIB_OK')]))\n"
     )
     clean = {key: value for key, value in os.environ.items() if key != "KMP_DUPLICATE_LIB_OK"}  # as set by others
-    done = subprocess.run(
-        [environment().python()[0], "-c", code], capture_output=True, text=True, timeout=300, check=True, env=clean
-    )
+    python = cpu_environment("trackastra").python()[0]
+    done = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=300, check=True, env=clean)
     assert json.loads(done.stdout.splitlines()[-1]) == [30, 0, None]  # WARNING, no handler, unset
     assert "INFO" not in done.stderr
 
 
-class ServedModel:
-    """A model loaded on a server, with the two members :class:`ModelTests` uses of a loaded model.
-
-    Errors come back as :class:`nahual.RemoteError`; ``process`` raises them
-    again as the nahual error class the server raised, so that the contract
-    tests check the served model's error types and messages as they check a
-    local model's.
-    """
-
-    def __init__(self, handle: nahual.ModelHandle) -> None:
-        self.handle = handle
-        self.params = {**Trackastra.defaults, **handle.params}
-
-    def process(self, payload: Any, **params: Any) -> Any:
-        try:
-            return self.handle(payload, **params)
-        except nahual.RemoteError as exc:
-            kind = getattr(nahual.errors, exc.remote_type, None)
-            if isinstance(kind, type) and issubclass(kind, nahual.errors.NahualError):
-                raise kind(exc.remote_message) from exc
-            raise
-
-
-class TestTrackastra(ModelTests):
+class TestTrackastra(ServedModelTests):
     model_class = Trackastra
     load_params = TOY
-
-    @pytest.fixture(scope="class")
-    def model(self, client) -> ServedModel:  # type: ignore[override]
-        return ServedModel(client.load("trackastra", **self.load_params))
 
     def make_payload(self) -> dict:
         image, labels = division_series()
@@ -305,7 +261,4 @@ def test_the_model_is_registered_and_in_the_catalog_with_a_cuda_environment():
     from nahual.catalog import default_env
 
     assert default_env("trackastra") == f"uv:{envs_dir() / 'trackastra'}"
-    project = (ROOT / "envs" / "trackastra" / "pyproject.toml").read_text()
-    assert "[tool.nahual]\ncuda = true" in project and '"torch==2.13.0"' in project
-    lock = (ROOT / "envs" / "trackastra" / "uv.lock").read_text()
-    assert 'name = "torchvision"' not in lock and str(ROOT) not in lock and sys.prefix not in lock
+    assert 'name = "torchvision"' not in cuda_environment_lock("trackastra")

@@ -71,6 +71,14 @@ def test_embeddings_one_row_per_block(image, capsys):
     np.testing.assert_allclose(table.X, [[7, 0]] * 8)
 
 
+def test_kind_array_writes_predictions(image, capsys):
+    code, err = run(capsys, str(image), "twice", "--model", "stream_models:Double", "--kind", "array", "--channel", "1")
+    assert code == 0, err
+    written = zarr.open_group(f"{image}/predictions/twice", mode="r")["0"]
+    assert written.shape == (2, 1, 64, 64) and written.dtype == np.float32
+    np.testing.assert_array_equal(written[...], 14)
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

@@ -163,3 +163,34 @@ def test_verify_checks_the_recorded_blocks_of_unfinished_runs_and_with_all_the_i
     everything = verify(image, everything=True)
     assert [d.part for d in everything.damage] == ["chunk c/0/0/0", "block 10 (t=1 y=0:64 x=64:128)"]
     assert everything.damage[0].where == f"{image}/0"
+
+
+def test_verify_reads_the_predictions_an_array_model_wrote(image, capsys):
+    from stream_models import Double
+
+    with LocalModel(Double) as model:
+        apply(model, image, "twice", TILE, progress=False)
+    written = zarr.open_group(image, mode="r")["predictions/twice/0"]
+    assert np.array_equal(written[:, 0], 2 * zarr.open_group(image, mode="r")["0"][...])
+    assert main(["verify", image]) == 0
+    assert capsys.readouterr().err.strip().endswith(" 0 damaged")
+    chunk = next(p for p in Path(image, "predictions", "twice", "0", "c").rglob("*") if p.is_file())
+    flip_byte(chunk)
+    assert main(["verify", image]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0].startswith(f"damaged: {image}/predictions/twice/0 chunk c/"), lines
+    assert len(lines) == 2 and lines[1].endswith(" 1 damaged"), lines
+
+
+def test_verify_checks_the_recorded_blocks_of_an_unfinished_array_run(image):
+    from stream_models import Double
+
+    with LocalModel(Double) as model:
+        apply(model, image, "twice", TILE.replace(shard="0/2"), progress=False)
+    state = RunState(image, "twice")
+    found = verify(image)
+    assert (found.blocks, found.damage) == (9, ())
+    os.unlink(Path(state.path, "array", "c", "1", "0", "0", "1"))  # block 10 (t, c, y, x)
+    found = verify(image)
+    assert [(d.where, d.part) for d in found.damage] == [(state.path, "block 10 (t=1 y=0:64 x=64:128)")]
+    assert "its intermediate array has crc32:" in found.damage[0].reason

@@ -145,3 +145,20 @@ def test_ngff_04_store_gets_04_labels_that_stitch_the_same(tmp_path, model):
     ome_v04.ImageLabel.from_zarr(reopened["labels/tiled"])
     assert reopened["labels/tiled/0"].metadata.zarr_format == 2
     assert reopened["labels"].attrs["labels"] == ["tiled", "whole"]
+
+
+def test_each_frame_is_stitched_on_its_own(tmp_path, model, monkeypatch):
+    """The stitch tables hold one frame's blocks at a time: memory does not grow with the time-lapse."""
+    from nahual.stream._labels import LabelSink
+
+    stitched, relabel = [], LabelSink._relabel
+    monkeypatch.setattr(
+        LabelSink, "_relabel", lambda self, raw, blocks: stitched.append(blocks) or relabel(self, raw, blocks)
+    )
+    path = write_image(tmp_path / "img.zarr", blobs((3, 300, 300), 128, seed=2), "tyx", chunks=(1, 128, 128))
+    tiled = apply(model, path, "tiled", StreamOptions(tile="y=128,x=128", halo=32), progress=False)
+    assert [sorted({b.start[0] for b in frame}) for frame in stitched] == [[0], [1], [2]]
+    assert [len(frame) for frame in stitched] == [9, 9, 9]
+    whole = apply(model, path, "whole", StreamOptions(tile="none"), progress=False)
+    assert same_partition(labels_of(path, "tiled"), labels_of(path, "whole"))
+    assert tiled["final"]["objects"] == whole["final"]["objects"] == labels_of(path, "tiled").max()

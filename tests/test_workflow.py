@@ -25,7 +25,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +35,7 @@ zarr = pytest.importorskip("zarr")
 pytest.importorskip("snakemake")
 
 from conftest import ROOT, object_f1, wait_until  # noqa: E402
+from track_scores import metric_results, store_graph  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -157,29 +157,6 @@ def assert_nothing_left(workdir: Path) -> None:
     assert leftovers(workdir) == {"server files": [], "locks": [], "processes": []}
 
 
-def tracking_graph(store: Path, name: str):
-    """A traccuracy graph of the GEFF tracks ``name`` with the label image they link to."""
-    import networkx as nx
-    from traccuracy import TrackingGraph
-
-    from nahual.stream import read_tracks
-
-    nodes, edges, meta = read_tracks(store, name)
-    labels_path = os.path.normpath(os.path.join(store, "tracks", name, meta["related_objects"][0]["path"]))
-    masks = zarr.open_group(labels_path, mode="r")["0"][...]
-    graph = nx.DiGraph()
-    for i, node in enumerate(nodes["id"].tolist()):
-        graph.add_node(
-            node,
-            t=int(nodes["t"][i]),
-            segmentation_id=int(nodes["seg_id"][i]),
-            y=float(nodes["y"][i]),
-            x=float(nodes["x"][i]),
-        )
-    graph.add_edges_from(map(tuple, edges.tolist()))
-    return TrackingGraph(graph, segmentation=masks, location_keys=("y", "x"))
-
-
 def outputs_of(store: Path) -> dict[str, np.ndarray]:
     """The workflow's outputs in a store, as arrays to compare between runs."""
     from nahual.stream import read_tracks
@@ -255,7 +232,6 @@ def test_default_run_writes_valid_ome_zarr_labels_geff_and_anndata(default_run):
 
 
 def test_default_run_segments_and_tracks_the_demo_accurately(default_run):
-    from traccuracy import run_metrics
     from traccuracy.matchers import CTCMatcher, IOUMatcher
     from traccuracy.metrics import CTCMetrics, DivisionMetrics
 
@@ -264,16 +240,12 @@ def test_default_run_segments_and_tracks_the_demo_accurately(default_run):
     truth, nuclei = group["labels/ground_truth/0"][...], group["labels/nuclei/0"][...]
     scores = [object_f1(t, p) for t, p in zip(truth, nuclei)]
     assert np.mean(scores) >= 0.9 and min(scores) >= 0.8, scores
-    named = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for matcher, metric in (
-            (CTCMatcher(), CTCMetrics()),
-            (IOUMatcher(iou_threshold=0.5, one_to_one=True), DivisionMetrics()),
-        ):
-            truth, found = tracking_graph(store, "ground_truth"), tracking_graph(store, "tracks")
-            results, _ = run_metrics(truth, found, matcher, [metric])
-            named.update({r["metric"]["name"]: r["results"] for r in results})
+    named = metric_results(
+        lambda: store_graph(store, "ground_truth"),
+        lambda: store_graph(store, "tracks"),
+        (CTCMatcher(), [CTCMetrics()]),
+        (IOUMatcher(iou_threshold=0.5, one_to_one=True), [DivisionMetrics()]),
+    )
     assert named["CTCMetrics"]["TRA"] >= 0.95, named["CTCMetrics"]
     assert named["DivisionMetrics"]["Frame Buffer 0"]["Division F1"] >= 0.5, named["DivisionMetrics"]
 
@@ -545,6 +517,15 @@ def test_the_schema_s_streaming_defaults_are_the_stream_options_defaults():
         ),
         ({"chain": [{"name": "nuclei", "model": "thresh"}]}, ["config error at chain[0].model: 'thresh' is not a key"]),
         ({"chain": [{"name": "t", "model": "laptrack", "input": "nuclei"}]}, ["config error at chain[0].input"]),
+        (
+            {
+                "chain": [
+                    {"name": "p", "model": "threshold", "kind": "array"},
+                    {"name": "t", "model": "laptrack", "input": "p"},
+                ]
+            },
+            ["config error at chain[1].input: step 'p' writes array, not labels"],
+        ),
         ({"images": {"other": "missing.zarr"}}, ["config error at images.other: 'missing.zarr' does not exist"]),
     ],
 )

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import re
 import subprocess
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -30,19 +29,12 @@ pytest.importorskip("snakemake")
 
 from conftest import TESTS, object_f1  # noqa: E402
 from dino_env import HUB_WIDTH  # noqa: E402
-from test_workflow import (  # noqa: E402
-    STORE,
-    assert_nothing_left,
-    copy_workflow,
-    run_snakemake,
-    snakemake_env,
-    stop_processes_in,
-    tracking_graph,
-)
+from served_models import cpu_environment  # noqa: E402
+from test_workflow import STORE, assert_nothing_left, copy_workflow, run_snakemake, snakemake_env  # noqa: E402
+from track_scores import metric_results, store_graph  # noqa: E402
 from trackastra_weights import DEMO_CUTOFF  # noqa: E402
+from workflow_runs import finished_run, weights_run  # noqa: E402
 
-from nahual.catalog import envs_dir  # noqa: E402
-from nahual.launcher import UvEnv, parse_env_spec  # noqa: E402
 from nahual.weights import add  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -54,12 +46,7 @@ CONFIG = ("--configfile", "config.deep-models.yaml")
 
 def cpu_python(model: str) -> str:
     """The interpreter of the prepared CPU build of ``envs/MODEL``, or a skip that says how to prepare it."""
-    spec = f"uv:{envs_dir() / model}?torch=cpu"
-    backend = parse_env_spec(spec)
-    assert isinstance(backend, UvEnv)
-    if not backend.is_synced():
-        pytest.skip(f"the {model} environment is not prepared: run `nahual env-prepare '{spec}'` (.ci/install does)")
-    return backend.python()[0]
+    return cpu_environment(model).python()[0]
 
 
 def made_weights(request: pytest.FixtureRequest, model: str, helper: str, *args: str) -> Path:
@@ -110,13 +97,8 @@ def deep_run(weights, torch_home, tmp_path_factory) -> Iterator[Path]:
     """``snakemake --cores 2 --configfile config.deep-models.yaml`` on CPU torch with the test weights, in a copy."""
     workdir = copy_workflow(tmp_path_factory.mktemp("deep") / "wf")
     env = {**snakemake_env(), "NAHUAL_TORCH": "cpu", "TORCH_HOME": str(torch_home)}
-    env.pop("NAHUAL_WEIGHTS", None)  # the servers get the test cache from the config's weights key alone
-    try:
-        result = run_snakemake(workdir, "--cores", "2", *CONFIG, "--config", f"weights={weights}", env=env)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        yield workdir
-    finally:
-        stop_processes_in(workdir)
+    with weights_run(workdir, weights, *CONFIG, env=env) as run:
+        yield run
 
 
 def test_deep_run_leaves_nothing_and_ran_each_model_in_its_own_environment(deep_run):
@@ -167,7 +149,6 @@ def test_deep_run_profiles_each_cell_in_a_table_that_joins_the_measurements(deep
 
 
 def test_deep_run_segments_and_tracks_the_demo(deep_run):
-    from traccuracy import run_metrics
     from traccuracy.matchers import CTCMatcher
     from traccuracy.metrics import CTCMetrics
 
@@ -181,12 +162,13 @@ def test_deep_run_segments_and_tracks_the_demo(deep_run):
     # every segmented object is a node of the lineage, and its mask is painted with its track id
     nodes, edges, _ = read_tracks(store, "lineage")
     assert len(nodes["id"]) == sum(len(np.unique(frame)) - 1 for frame in cells) and len(edges) > 0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        results, _ = run_metrics(tracking_graph(store, "ground_truth"), tracking_graph(store, "lineage"),
-                                 CTCMatcher(), [CTCMetrics()])  # fmt: skip
+    ctc = metric_results(
+        lambda: store_graph(store, "ground_truth"),
+        lambda: store_graph(store, "lineage"),
+        (CTCMatcher(), [CTCMetrics()]),
+    )["CTCMetrics"]
     # the segmentation bounds it (DET 0.73 with the test net): the toy tracker links what was found
-    assert results[0]["results"]["DET"] >= 0.65 and results[0]["results"]["TRA"] >= 0.65, results[0]["results"]
+    assert ctc["DET"] >= 0.65 and ctc["TRA"] >= 0.65, ctc
 
 
 def test_deep_slurm_dry_run_asks_a_gpu_for_the_cellpose_and_dinov2_servers_only(tmp_path):
@@ -230,12 +212,8 @@ def embed_run(weights, torch_home, tmp_path_factory) -> Iterator[Path]:
     workdir = copy_workflow(tmp_path_factory.mktemp("embed") / "wf")
     (workdir / "embed.yaml").write_text(yaml.safe_dump(EMBED_CONFIG, sort_keys=False))
     env = {**snakemake_env(), "NAHUAL_TORCH": "cpu", "TORCH_HOME": str(torch_home), "NAHUAL_WEIGHTS": str(weights)}
-    try:
-        result = run_snakemake(workdir, "--cores", "2", "--configfile", "embed.yaml", env=env)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        yield workdir
-    finally:
-        stop_processes_in(workdir)
+    with finished_run(workdir, "--cores", "2", "--configfile", "embed.yaml", env=env) as run:
+        yield run
 
 
 def test_threshold_then_dinov2_writes_a_profile_per_nucleus_and_per_tile(embed_run):

@@ -25,13 +25,8 @@ pytest.importorskip("snakemake")
 from baby_env import PIXEL_SIZE, budding_series  # noqa: E402
 from conftest import ROOT  # noqa: E402
 from test_models_baby import environment, made_modelsets, node  # noqa: E402
-from test_workflow import (  # noqa: E402
-    assert_nothing_left,
-    copy_workflow,
-    run_snakemake,
-    snakemake_env,
-    stop_processes_in,
-)
+from test_workflow import assert_nothing_left, copy_workflow, snakemake_env  # noqa: E402
+from workflow_runs import weights_run  # noqa: E402
 
 from nahual.weights import add  # noqa: E402
 
@@ -61,14 +56,8 @@ def yeast_run(weights, tmp_path_factory) -> Iterator[Path]:
     shutil.copy(ROOT / "config.yeast.yaml", workdir / "config.yeast.yaml")
     series = budding_series()[:, np.newaxis]
     write_image(workdir / STORE, series, "tczyx", scale=(1.0, 1.0, 0.5, PIXEL_SIZE, PIXEL_SIZE))
-    env = snakemake_env()
-    env.pop("NAHUAL_WEIGHTS", None)  # the servers get the test cache from the config's weights key alone
-    try:
-        result = run_snakemake(workdir, "--cores", "2", *CONFIG, "--config", f"weights={weights}", env=env)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        yield workdir
-    finally:
-        stop_processes_in(workdir)
+    with weights_run(workdir, weights, *CONFIG, env=snakemake_env()) as run:
+        yield run
 
 
 def test_the_yeast_run_leaves_nothing_and_ran_baby_in_its_own_environment(yeast_run):

@@ -16,6 +16,7 @@ import sys
 from typing import Any
 
 from ..errors import ConfigError
+from ..model import OUTPUT_KINDS
 from ._args import parse_json_object
 
 __all__ = ["register"]
@@ -46,10 +47,10 @@ def _seconds(text: str) -> float:
 def _add_apply(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "apply",
-        help="stream a Zarr image through a model and write labels, tracks or tables next to it",
+        help="stream a Zarr image through a model and write labels, tracks, tables or predictions next to it",
         description="Read INPUT block by block, send each block to the model (on --server, in a server launched "
-        "in --env, or in this process with --local) and write OUTPUT_NAME under the image's labels/, tracks/ "
-        "or tables/. A run that stops can be started again: finished blocks are skipped.",
+        "in --env, or in this process with --local) and write OUTPUT_NAME under the image's labels/, tracks/, "
+        "tables/ or predictions/. A run that stops can be started again: finished blocks are skipped.",
     )
     p.add_argument("input", metavar="INPUT", help="OME-Zarr image, IMAGE/labels/NAME, or a plain array (with --axes)")
     p.add_argument("output", metavar="OUTPUT_NAME", help="name of the output")
@@ -73,7 +74,7 @@ def _add_apply(subparsers: Any) -> None:
     model.add_argument("--params", default="{}", metavar="JSON", help="load params as a JSON object")
     model.add_argument(
         "--kind",
-        choices=("labels", "tracks", "features", "embeddings", "cells"),
+        choices=OUTPUT_KINDS,
         help="output kind (default: what the model declares)",
     )
     data = p.add_argument_group("reading")
@@ -231,9 +232,10 @@ def register(subparsers: Any) -> None:
         (
             "stitch",
             run_stitch,
-            "finish an output after all its shards ran (merge labels across blocks, assemble tables)",
-            "Merge objects cut by block borders and number them 1..N (labels), or assemble the "
-            "per-block rows into one table. Needs every block done; running it again changes nothing.",
+            "finish an output after all its shards ran (merge labels across blocks, assemble tables or predictions)",
+            "Merge objects cut by block borders and number them 1..N (labels), assemble the per-block rows "
+            "into one table, or copy an array output's blocks into predictions/NAME with the image's levels. "
+            "Needs every block done; running it again changes nothing.",
         ),
         (
             "reset",
@@ -254,9 +256,9 @@ def register(subparsers: Any) -> None:
     check = subparsers.add_parser(
         "verify",
         help="check that nahual's outputs in a store decode and that unfinished runs' blocks are intact",
-        description="Read every chunk of the arrays under each image's labels/, tables/ and tracks/ (nahual "
-        "writes them with zstd checksums), and check the blocks recorded by unfinished runs against their "
-        "digests. Prints each damaged chunk or block; exits 1 when there is one.",
+        description="Read every chunk of the arrays under each image's labels/, tables/, tracks/ and "
+        "predictions/ (nahual writes them with zstd checksums), and check the blocks recorded by unfinished runs "
+        "against their digests. Prints each damaged chunk or block; exits 1 when there is one.",
     )
     check.add_argument("store", metavar="STORE", help="the store (or an image group in it)")
     check.add_argument("--all", action="store_true", help="check every array, the images too, not only outputs")

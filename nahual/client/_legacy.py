@@ -34,7 +34,6 @@ default: the model name given to ``load``, else the generic ``array``);
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -43,8 +42,7 @@ from .._legacy_layouts import KNOWN_MODELS, LAYOUTS, Layout, layout_named
 from .._nng import check_address
 from .._nng_transport import NngTransport
 from .._protocol import Frame, Kind
-from .._state import State
-from ..errors import ConfigError, ParamError, ProtocolError, RemoteError, TimeoutError, TransportError
+from ..errors import ConfigError, ParamError, ProtocolError, RemoteError
 
 if TYPE_CHECKING:
     from .._legacy_wire import LegacyMessage
@@ -115,24 +113,12 @@ class LegacyTransport(NngTransport):
         As for :class:`~nahual.client.NngTransport`.
     """
 
-    def __init__(
-        self,
-        address: str,
-        connect_timeout: float | None = 5.0,
-        allow_foreign_socket: bool = False,
-        *,
-        describe_loss: Callable[[], str] | None = None,
-    ) -> None:
+    def _dial_target(self, address: str) -> str:
+        """Dial the server behind ``nahual0+``; the options set whether to send a setup and the first layout."""
         self._server = parse_legacy_address(address)
-        self._given = address
         self._layout: Layout = layout_named(self._server.model or "array")
         self._setup_reply: dict[str, Any] | None = None
-        super().__init__(self._server.target, connect_timeout, allow_foreign_socket, describe_loss=describe_loss)
-
-    @property
-    def address(self) -> str:
-        """The address as given, ``nahual0+`` included."""
-        return self._given
+        return self._server.target
 
     def handle_request(self, request: Frame, timeout: float | None) -> Frame:
         """Answer one v1 request through the earlier wire; what the server said wrong is an error frame."""
@@ -184,18 +170,9 @@ class LegacyTransport(NngTransport):
 
     def _exchange(self, message: LegacyMessage, timeout: float | None) -> Any:
         """Send one message and return the decoded reply (an array or a dict); ``!`` raises RemoteError."""
-        channel = self._take_channel()
-        try:
+        with self._channel_in_use() as channel:
             channel.send(message, timeout)
             buffer = channel.recv(timeout)
-        except TimeoutError:
-            raise
-        except TransportError as exc:
-            if self.state is not State.OPEN:
-                raise  # closed by us
-            raise self._lost(exc) from exc
-        finally:
-            self._give_back(channel)
         kind = wire.message_kind(buffer)
         if kind == "error":
             error, stage = wire.decode_error(buffer)

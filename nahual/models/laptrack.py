@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ContractError
-from ..lineage import NODE_ID_STRIDE, tracklets
+from ..lineage import NODE_ID_STRIDE, tracking_result
 from ..model import Contract, Model, Param
 
 __all__ = ["LapTrack", "median_diameter", "object_nodes"]
@@ -87,12 +87,7 @@ class LapTrack(Model):
         nodes, sizes = _objects(labels, int(p["t0"]))
         p = _scaled(p, _median_diameter(sizes, labels.ndim - 1))
         graph = _link(nodes, labels.ndim - 1, p)
-        edges = _drop_long_links(_edges(graph, nodes["id"]), nodes, p)
-        pairs = np.stack([edges["source"], edges["target"]], axis=1).reshape(-1, 2)
-        track_id, rows = tracklets(nodes["id"], nodes["t"], pairs)
-        table = np.array(rows, np.int64).reshape(-1, 4)
-        tracks = {key: table[:, k] for k, key in enumerate(("track_id", "start", "end", "parent"))}
-        return {"nodes": nodes, "edges": edges, "track_id": track_id, "tracks": tracks}
+        return tracking_result(nodes, _drop_long_links(_edges(graph, nodes["id"]), nodes, p))
 
 
 def _labels(payload: dict[str, Any], contract: Contract) -> np.ndarray:

@@ -35,7 +35,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..errors import ConfigError, ContractError, ParamError, WeightsError
-from ..lineage import NODE_ID_STRIDE, tracklets
+from ..lineage import NODE_ID_STRIDE, tracking_result
 from ..model import Contract, Model, Param
 from ..weights import WeightSource, weight_path
 from ._torch import torch_device
@@ -134,11 +134,7 @@ class Trackastra(Model):
             )
         nodes = object_nodes(labels)
         pairs = self._links(image, labels, p) if nodes["id"].size else np.zeros((0, 2), np.int64)
-        edges = {"source": pairs[:, 0], "target": pairs[:, 1]}
-        track_id, rows = tracklets(nodes["id"], nodes["t"], pairs)
-        table = np.array(rows, np.int64).reshape(-1, 4)
-        tracks = {key: table[:, k] for k, key in enumerate(("track_id", "start", "end", "parent"))}
-        return {"nodes": nodes, "edges": edges, "track_id": track_id, "tracks": tracks}
+        return tracking_result(nodes, {"source": pairs[:, 0], "target": pairs[:, 1]})
 
     def _links(self, image: np.ndarray, labels: np.ndarray, p: dict[str, Any]) -> np.ndarray:
         """Trackastra's chosen links as (source, target) node ids, forward in time, sorted."""

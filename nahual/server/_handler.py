@@ -22,7 +22,6 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .._protocol import Kind, read_envelope
@@ -32,6 +31,7 @@ from ..registry import is_module_reference, missing_packages, resolve_model
 from ._calls import digest
 from ._info import describe_server
 from ._instances import MAX_INSTANCES, Instance, InstanceTable
+from ._once import OncePerKey
 
 if TYPE_CHECKING:
     from .._protocol import Frame, MessagePlan
@@ -46,14 +46,6 @@ ANSWERED_TTL_S = 5.0
 _Reply = tuple[int, dict[str, Any], Any]
 #: A request's identity: the connection it came on and the id its client chose.
 _RequestKey = tuple[int, int]
-
-
-@dataclass
-class _Pending:
-    """A request in progress; duplicates wait for its reply instead of running again."""
-
-    done: threading.Event = field(default_factory=threading.Event)
-    reply: _Reply = (Kind.REPLY, {}, None)
 
 
 class RequestHandler:
@@ -102,9 +94,7 @@ class RequestHandler:
         self._models_lock = threading.Lock()
         #: Classes the registry resolved, by name: resolving reads every entry point (tens of ms).
         self._resolved: dict[str, type[Model]] = {}
-        self._pending: dict[_RequestKey, _Pending] = {}
-        self._answered: dict[_RequestKey, float] = {}
-        self._pending_lock = threading.Lock()
+        self._once: OncePerKey[_RequestKey, _Reply] = OncePerKey(ANSWERED_TTL_S, _remember_answered, _refuse_resend)
 
     # -- one message ---------------------------------------------------------------------
     def handle(self, buffer: Any, codec: Codec = PLAIN, peer: int = 0) -> MessagePlan:
@@ -161,29 +151,14 @@ class RequestHandler:
             raise AuthError("AuthError", "missing or wrong token")
 
     def _run_once(self, frame: Frame, operation: str, peer: int) -> _Reply:
-        key = (peer, frame.request_id)
-        with self._pending_lock:
-            now = time.monotonic()
-            self._answered = {k: t for k, t in self._answered.items() if now - t < ANSWERED_TTL_S}
-            if key in self._answered:
-                raise ProtocolError(f"request {frame.request_id} was already answered (a resend)")
-            pending = self._pending.get(key)
-            owner = pending is None
-            if owner:
-                pending = self._pending[key] = _Pending()
-        if not owner:
-            pending.done.wait()
-            return pending.reply
+        return self._once.run((peer, frame.request_id), lambda: self._reply(frame, operation))
+
+    def _reply(self, frame: Frame, operation: str) -> _Reply:
+        """The request's reply, or its error reply (never raises)."""
         try:
-            pending.reply = (Kind.REPLY, {"op": operation}, self._dispatch(operation, frame))
+            return (Kind.REPLY, {"op": operation}, self._dispatch(operation, frame))
         except Exception as exc:
-            pending.reply = (Kind.ERROR, _error_meta(exc, operation, frame.request_id), None)
-        finally:
-            with self._pending_lock:
-                del self._pending[key]
-                self._answered[key] = time.monotonic()
-            pending.done.set()
-        return pending.reply
+            return (Kind.ERROR, _error_meta(exc, operation, frame.request_id), None)
 
     def _dispatch(self, operation: str, frame: Frame) -> Any:
         handlers = {
@@ -303,6 +278,15 @@ def _close(instance: Instance) -> None:
     """Close an instance's model once its running calls (if any) are done; its waiting requests fail."""
     instance.calls.close()
     instance.obj.close()
+
+
+def _remember_answered(_reply: _Reply | None, _remembered: list[Any]) -> bool:
+    """An answered request id is remembered, not its reply: a resend is refused, not answered again."""
+    return True
+
+
+def _refuse_resend(key: _RequestKey, _answered: bool) -> _Reply:
+    raise ProtocolError(f"request {key[1]} was already answered (a resend)")
 
 
 def _deadline(meta: dict[str, Any]) -> float | None:

@@ -33,8 +33,6 @@ import ipaddress
 import itertools
 import secrets
 import threading
-import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -46,6 +44,7 @@ from ..errors import ConfigError, NahualError, ProtocolError, RemoteError
 from ..model import Contract
 from ..registry import is_module_reference, resolve_model
 from ._legacy_shm import serve_shm
+from ._once import OncePerKey
 
 if TYPE_CHECKING:
     from .._legacy_wire import LegacyMessage
@@ -65,16 +64,10 @@ IGNORED = ("gpu", "pretrained")
 ANSWERED_TTL_S = 2.0
 #: Bytes of replies kept so at most; a larger reply is not kept.
 ANSWERED_BYTES = 64 << 20
+#: A message's identity: the connection it came on and a digest of its bytes (the earlier wire has no ids).
+_MessageKey = tuple[int, bytes]
 #: Stages named in error replies, as the upstream servers name them.
 LOADING, PROCESSING, SHARED = "Model loading", "Data processing", "Shared-memory data processing"
-
-
-@dataclass
-class _Pending:
-    """A message being answered; the same message again from the same connection waits for its reply."""
-
-    done: threading.Event = field(default_factory=threading.Event)
-    reply: Any = None
 
 
 class LegacyResponder:
@@ -102,8 +95,7 @@ class LegacyResponder:
         #: The model and params of ``--preload``, and of the last setup (what array messages run on).
         self._preloaded: tuple[str, dict[str, Any]] | None = None
         self._current: tuple[str, dict[str, Any]] | None = None
-        self._pending: dict[tuple[int, bytes], _Pending] = {}
-        self._answered: dict[tuple[int, bytes], tuple[float, LegacyMessage]] = {}
+        self._once: OncePerKey[_MessageKey, LegacyMessage] = OncePerKey(ANSWERED_TTL_S, _reply_to_keep, _kept_reply)
         self._defaults: dict[str, dict[str, Any]] = {}
 
     def preloaded(self, model: str, params: dict[str, Any]) -> None:
@@ -120,28 +112,7 @@ class LegacyResponder:
         or just after (a resend), gets the first copy's reply: the model runs once.
         """
         key = (peer, hashlib.blake2b(buffer, digest_size=16).digest())
-        with self._lock:
-            now = time.monotonic()
-            self._answered = {k: kept for k, kept in self._answered.items() if now - kept[0] < ANSWERED_TTL_S}
-            if key in self._answered:
-                return self._answered[key][1]
-            pending = self._pending.get(key)
-            owner = pending is None
-            if owner:
-                pending = self._pending[key] = _Pending()
-        if not owner:
-            pending.done.wait()
-            return pending.reply
-        try:
-            pending.reply = self._answer(buffer, peer)
-        finally:
-            with self._lock:
-                del self._pending[key]
-                kept = sum(reply.nbytes for _, reply in self._answered.values())
-                if pending.reply is not None and kept + pending.reply.nbytes <= ANSWERED_BYTES:
-                    self._answered[key] = (time.monotonic(), pending.reply)
-            pending.done.set()
-        return pending.reply
+        return self._once.run(key, lambda: self._answer(buffer, peer))
 
     def _answer(self, buffer: Any, peer: int) -> LegacyMessage:
         kind = wire.message_kind(buffer)
@@ -304,3 +275,15 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, RemoteError):
         return f"{exc.remote_type}: {exc.remote_message}"
     return f"{type(exc).__name__}: {exc}"
+
+
+def _reply_to_keep(reply: LegacyMessage | None, kept: list[LegacyMessage]) -> LegacyMessage | None:
+    """A reply is kept for late copies of its message while all kept stay within :data:`ANSWERED_BYTES`."""
+    if reply is not None and sum(other.nbytes for other in kept) + reply.nbytes <= ANSWERED_BYTES:
+        return reply
+    return None
+
+
+def _kept_reply(_key: _MessageKey, reply: LegacyMessage) -> LegacyMessage:
+    """A late copy of a message gets the reply its first copy got."""
+    return reply

@@ -131,9 +131,21 @@ class LabelSink(Sink):
             return str(exc)
         return self._core_damage(block, core)
 
-    def _merges(self, raw: zarr.Array) -> dict[int, int]:
-        union = UnionFind()
+    def _frames(self) -> list[list[Block]]:
+        """The blocks grouped by their index on the iterated axes (a frame), in plan order.
+
+        Objects only merge across tiles of one frame, so each frame is stitched on its own and the
+        stitch tables never hold more than one frame's objects, however long the time-lapse.
+        """
+        positions = [self.plan.axes.index(a) for a in self.plan.iterated]
+        frames: dict[tuple[int, ...], list[Block]] = {}
         for block in self.blocks:
+            frames.setdefault(tuple(block.start[p] for p in positions), []).append(block)
+        return list(frames.values())
+
+    def _merges(self, raw: zarr.Array, blocks: list[Block]) -> dict[int, int]:
+        union = UnionFind()
+        for block in blocks:
             view = self.side_arrays(block).get("view")
             if view is None or not view.any():
                 continue
@@ -144,6 +156,12 @@ class LabelSink(Sink):
                 union.union(a, b)
         return union.merged()
 
+    def _relabel(self, raw: zarr.Array, blocks: list[Block]) -> Relabel:
+        """The map from one frame's intermediate ids to 1..N, N its objects after merging across tiles."""
+        offsets = [self.offsets[b.index] for b in blocks]
+        counts = [self.state.info(b.index)["count"] for b in blocks]
+        return Relabel(np.array(offsets), np.array(counts), self._merges(raw, blocks))
+
     def finalize(self, provenance: dict[str, Any]) -> dict[str, Any]:
         """Stitch: merge across faces, write ``labels/NAME`` with ids 1..N, record the count.
 
@@ -153,19 +171,24 @@ class LabelSink(Sink):
             Naming the first block whose recorded data is damaged (the output is then not complete).
         """
         raw = self._intermediate()
-        counts = [self.state.info(b.index)["count"] for b in self.blocks]
-        relabel = Relabel(np.array(self.offsets), np.array(counts), self._merges(raw))
-        dtype = np.uint32 if relabel.count < np.iinfo(np.uint32).max else np.uint64
+        total = sum(self.state.info(b.index)["count"] for b in self.blocks)
+        dtype = np.uint32 if total < np.iinfo(np.uint32).max else np.uint64
         final = self.create_label_image(dtype)
-        for block in self.blocks:
-            box = _core_box(self.plan, block)
-            core = read(raw, box, "the intermediate labels", REDO)
-            damage = self._core_damage(block, core)
-            if damage is not None:
-                raise BlockError(self.plan.describe(block), FINISHER, f"{damage}; {REDO}")
-            final[box] = relabel(core).astype(dtype)
+        objects = merged = 0
+        for blocks in self._frames():
+            relabel = self._relabel(raw, blocks)
+            for block in blocks:
+                box = _core_box(self.plan, block)
+                core = read(raw, box, "the intermediate labels", REDO)
+                damage = self._core_damage(block, core)
+                if damage is not None:
+                    raise BlockError(self.plan.describe(block), FINISHER, f"{damage}; {REDO}")
+                ids = relabel(core)
+                ids[ids > 0] += objects
+                final[box] = ids.astype(dtype)
+            objects, merged = objects + relabel.count, merged + int(relabel.nonroot.size)
         levels = add_label_levels(self.target.image_path, self.name)
-        summary = {"objects": relabel.count, "merged": int(relabel.nonroot.size), "levels": levels}
+        summary = {"objects": objects, "merged": merged, "levels": levels}
         group = zarr.open_group(os.path.join(self.target.image_path, "labels", self.name), mode="r+")
         group.attrs.update({"nahual": {**provenance, **summary}})
         return summary

@@ -1,7 +1,7 @@
 """``verify``: decode every chunk of nahual's outputs in a store, and check the blocks of unfinished runs.
 
 Zarr streaming layer, read only (``nahual verify STORE``). Outputs are the
-arrays under an image's ``labels/``, ``tables/`` and ``tracks/``; each of
+arrays under an image's ``labels/``, ``tables/``, ``tracks/`` and ``predictions/``; each of
 their chunks is read, so that a zstd checksum (nahual writes one into every
 chunk) or any other codec fails on a damaged chunk file. The blocks an
 unfinished run has recorded are checked against their digests, as a resumed
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import zarr
 
+from ._arraysink import PREDICTIONS
 from ._integrity import damaged_chunks, location
 from ._jobs import open_job
 from ._ome import image_group
@@ -27,7 +28,7 @@ from ._resume import RunState
 __all__ = ["Damage", "Verified", "verify"]
 
 #: The groups of an image that hold nahual's outputs.
-OUTPUT_FOLDERS = ("labels", "tables", "tracks")
+OUTPUT_FOLDERS = ("labels", "tables", "tracks", PREDICTIONS)
 
 
 @dataclass(frozen=True)
