@@ -15,7 +15,8 @@ ome_v04 = pytest.importorskip("ome_zarr_models.v04")
 from stream_models import Double  # noqa: E402
 
 from nahual.stream import LocalModel, StreamOptions, apply, finish, write_image  # noqa: E402
-from nahual.stream._arraysink import copy_chunks, output_compressors  # noqa: E402
+from nahual.stream._arraysink import ZSTD_LEVEL, copy_chunks  # noqa: E402
+from nahual.stream._integrity import compressors  # noqa: E402
 
 #: The image side: 64 MiB of float32, in 256 tiles and chunks of 256².
 SIZE = 4096
@@ -44,7 +45,7 @@ def test_finishing_holds_a_few_chunks_however_large_the_levels(tmp_path):
 
 def _array(store: object, data: np.ndarray) -> zarr.Array:
     array = zarr.create_array(
-        store=store, shape=data.shape, chunks=(2, 32, 32), dtype=data.dtype, compressors=output_compressors(3)
+        store=store, shape=data.shape, chunks=(2, 32, 32), dtype=data.dtype, compressors=compressors(3, ZSTD_LEVEL)
     )
     array[...] = data
     return array

@@ -153,7 +153,9 @@ def test_each_frame_is_stitched_on_its_own(tmp_path, model, monkeypatch):
 
     stitched, relabel = [], LabelSink._relabel
     monkeypatch.setattr(
-        LabelSink, "_relabel", lambda self, raw, blocks: stitched.append(blocks) or relabel(self, raw, blocks)
+        LabelSink,
+        "_relabel",
+        lambda self, raw, blocks, counts: stitched.append(blocks) or relabel(self, raw, blocks, counts),
     )
     path = write_image(tmp_path / "img.zarr", blobs((3, 300, 300), 128, seed=2), "tyx", chunks=(1, 128, 128))
     tiled = apply(model, path, "tiled", StreamOptions(tile="y=128,x=128", halo=32), progress=False)

@@ -51,11 +51,6 @@ ZSTD_LEVEL = 1
 CHECKERS = 2
 
 
-def output_compressors(zarr_format: int) -> tuple[Any, ...]:
-    """nahual's compressors (zstd with its checksum, :func:`compressors`) at :data:`ZSTD_LEVEL`."""
-    return tuple(type(codec)(level=ZSTD_LEVEL, checksum=True) for codec in compressors(zarr_format))
-
-
 def output_axes(axes: str) -> str:
     """The axes of an array output of an image with ``axes``: those axes, with ``c`` before z, y, x if absent."""
     if "c" in axes:
@@ -109,7 +104,7 @@ class ArraySink(Sink):
                         dtype=dtype,
                         fill_value=0,
                         zarr_format=self.target.zarr_format,
-                        compressors=output_compressors(self.target.zarr_format),
+                        compressors=compressors(self.target.zarr_format, ZSTD_LEVEL),
                     )
             return self._array
 
@@ -228,7 +223,10 @@ class ArraySink(Sink):
                 widened.append({"type": t["type"], t["type"]: values})
             steps.append(((*factors[:at], 1, *factors[at:]), widened))
         version = ngff_version(self.target.zarr_format)
-        options = {**_array_options(version, self.axes), "compressors": output_compressors(self.target.zarr_format)}
+        options = {
+            **_array_options(version, self.axes),
+            "compressors": compressors(self.target.zarr_format, ZSTD_LEVEL),
+        }
         _append_datasets(group, version, add_levels(group, steps, options))
         return 1 + len(steps)
 

@@ -29,15 +29,15 @@ __all__ = ["chunk_grid", "compressors", "damaged_chunks", "digest", "location", 
 _ZSTD_LEVEL = 0
 
 
-def compressors(zarr_format: int) -> tuple[Any, ...]:
-    """The ``compressors`` of every array nahual writes: zstd with its checksum, in the store's format."""
+def compressors(zarr_format: int, level: int = _ZSTD_LEVEL) -> tuple[Any, ...]:
+    """The ``compressors`` of every array nahual writes: zstd at ``level`` with its checksum, in the store's format."""
     if zarr_format == 2:
         import numcodecs
 
-        return (numcodecs.Zstd(level=_ZSTD_LEVEL, checksum=True),)
+        return (numcodecs.Zstd(level=level, checksum=True),)
     from zarr.codecs import ZstdCodec
 
-    return (ZstdCodec(level=_ZSTD_LEVEL, checksum=True),)
+    return (ZstdCodec(level=level, checksum=True),)
 
 
 def digest(data: np.ndarray) -> str:

@@ -156,10 +156,9 @@ class LabelSink(Sink):
                 union.union(a, b)
         return union.merged()
 
-    def _relabel(self, raw: zarr.Array, blocks: list[Block]) -> Relabel:
+    def _relabel(self, raw: zarr.Array, blocks: list[Block], counts: list[int]) -> Relabel:
         """The map from one frame's intermediate ids to 1..N, N its objects after merging across tiles."""
         offsets = [self.offsets[b.index] for b in blocks]
-        counts = [self.state.info(b.index)["count"] for b in blocks]
         return Relabel(np.array(offsets), np.array(counts), self._merges(raw, blocks))
 
     def finalize(self, provenance: dict[str, Any]) -> dict[str, Any]:
@@ -171,12 +170,13 @@ class LabelSink(Sink):
             Naming the first block whose recorded data is damaged (the output is then not complete).
         """
         raw = self._intermediate()
-        total = sum(self.state.info(b.index)["count"] for b in self.blocks)
-        dtype = np.uint32 if total < np.iinfo(np.uint32).max else np.uint64
+        counts = {b.index: self.state.info(b.index)["count"] for b in self.blocks}
+        # the ids before merging bound the objects, which are known only once the last frame is stitched
+        dtype = np.uint32 if sum(counts.values()) < np.iinfo(np.uint32).max else np.uint64
         final = self.create_label_image(dtype)
         objects = merged = 0
         for blocks in self._frames():
-            relabel = self._relabel(raw, blocks)
+            relabel = self._relabel(raw, blocks, [counts[b.index] for b in blocks])
             for block in blocks:
                 box = _core_box(self.plan, block)
                 core = read(raw, box, "the intermediate labels", REDO)
