@@ -6,11 +6,14 @@ server in the environment) over the time of bioimageio.core's ``predict``
 with its own blocking (``blocksize_parameter``, blocks of about the same
 size, the image and the output in memory), both in the same environment,
 taken in turns; and the peak RSS of each. nahual's should not grow with the
-image: the run is repeated at ``--small`` pixels and both peaks are printed.
+image: the run is repeated at each of ``--also`` (a smaller and a larger image)
+and nahual's peaks are printed against the one at ``--size``. An image of
+fewer blocks than the in-flight window holds (3 x ``inflight``: 12 blocks by default,
+2048² in 1024² tiles has 4) never fills it, so it is no baseline.
 
 Usage::
 
-    python benchmarks/bioimageio.py [--env uv:envs/bioimageio-onnx] [--size 8192] [--small 2048]
+    python benchmarks/bioimageio.py [--env uv:envs/bioimageio-onnx] [--size 8192] [--also 4096,16384]
                                     [--tile 1024] [--rounds 2] [--package DIR]
 
 The package is, unless ``--package`` names one, the test suite's convolution
@@ -136,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--env", default=f"uv:{ROOT / 'envs' / 'bioimageio-onnx'}")
     parser.add_argument("--size", type=int, default=8192)
-    parser.add_argument("--small", type=int, default=2048, help="the second, smaller image (0: none)")
+    parser.add_argument("--also", default="4096,16384", help="other image sizes, for nahual's peak RSS ('': none)")
     parser.add_argument("--tile", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--package", type=Path, help="a package folder (default: the tests' convolution stack)")
@@ -149,10 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         if package is None:
             subprocess.run([backend.python()[0], str(HELPER), "onnx", str(folder)], check=True, timeout=600)
             package = folder / "conv-onnx"
-        results = [
-            compare(args.env, package, size, args.tile, args.rounds, folder)
-            for size in ([args.small] if args.small else []) + [args.size]
-        ]
+        sizes = [int(size) for size in args.also.split(",") if size] + [args.size]
+        results = [compare(args.env, package, size, args.tile, args.rounds, folder) for size in sizes]
     for result in results:
         print(json.dumps(result))
     print(summary(results))
@@ -160,21 +161,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def summary(results: list[dict[str, Any]]) -> str:
-    """One line: the largest image's time ratio and peak RSS, and with a smaller image how nahual's client RSS grew."""
-    big, small = results[-1], results[0]
+    """One line: the main image's time ratio and peak RSS, and how nahual's client RSS compares at the other sizes."""
+    main, others = results[-1], results[:-1]
     line = (
-        f"{big['size']}²: nahual/core time {big['time_ratio_nahual_over_core']} (per round "
-        f"{big['time_ratio_per_round']}); peak RSS nahual client {big['nahual_client_peak_rss_mib']} MiB + server "
-        f"{big['nahual_server_peak_rss_mib']} MiB, bioimageio.core {big['core_peak_rss_mib']} MiB"
+        f"{main['size']}²: nahual/core time {main['time_ratio_nahual_over_core']} (per round "
+        f"{main['time_ratio_per_round']}); peak RSS nahual client {main['nahual_client_peak_rss_mib']} MiB + server "
+        f"{main['nahual_server_peak_rss_mib']} MiB, bioimageio.core {main['core_peak_rss_mib']} MiB"
     )
-    if len(results) == 1:
-        return line
-    growth = big["nahual_client_peak_rss_mib"] / small["nahual_client_peak_rss_mib"]
-    return (
-        f"{line} (at {small['size']}²: {small['nahual_client_peak_rss_mib']} + "
-        f"{small['nahual_server_peak_rss_mib']} MiB and {small['core_peak_rss_mib']} MiB; "
-        f"nahual client RSS {big['size']}²/{small['size']}² {growth:.2f})"
-    )
+    for other in others:
+        growth = other["nahual_client_peak_rss_mib"] / main["nahual_client_peak_rss_mib"]
+        line += (
+            f"; at {other['size']}²: nahual client {other['nahual_client_peak_rss_mib']} MiB ({growth:.2f} of "
+            f"{main['size']}²'s), bioimageio.core {other['core_peak_rss_mib']} MiB"
+        )
+    return line
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ read box as float32 and as uint32 labels, ``3 x inflight`` the blocks a run
 holds at most (read ahead, in flight, written behind) plus the one the model
 works on, doubled for the copies a block goes through (decoded and cast,
 encoded and compressed), and ``cache`` the decoded chunks the plan keeps
-(:func:`nahual.stream._payload.chunks_to_keep`, 256 MiB at most).
+(at most :data:`nahual.stream._cache.CACHE_BYTES` of whole chunks, plus one chunk).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ import zarr
 
 from nahual.models.threshold import Threshold
 from nahual.stream import StreamOptions, make_plan, write_image
-from nahual.stream._payload import chunks_to_keep
+from nahual.stream._cache import CACHE_BYTES
 
 PARAMS = {"threshold": 300.0, "split": False, "sigma": 0.0, "fill_holes": False, "min_size": 0}
 CHUNK = 1024
@@ -102,7 +102,7 @@ def window_bound(store: str, base: int, inflight: int) -> int:
     blocks = plan.blocks()
     side = max(math.prod(e - s for s, e in zip(b.read_start, b.read_stop, strict=True)) for b in blocks)
     block = side * (4 + 4)  # payload float32 + result uint32
-    cache = chunks_to_keep(plan, blocks, array, plan.axes, inflight) * math.prod(array.chunks) * array.dtype.itemsize
+    cache = CACHE_BYTES + math.prod(array.chunks) * array.dtype.itemsize
     return base + 2 * (3 * inflight + 1) * block + cache
 
 

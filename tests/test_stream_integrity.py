@@ -19,6 +19,7 @@ from test_stream_stitch import blobs  # noqa: E402
 from nahual.cli import main  # noqa: E402
 from nahual.errors import BlockError, ContractError  # noqa: E402
 from nahual.stream import LocalModel, StreamOptions, apply, finish, verify, write_image, write_labels  # noqa: E402
+from nahual.stream._integrity import compressors, read, write_chunk  # noqa: E402
 from nahual.stream._resume import RunState  # noqa: E402
 
 TILE = StreamOptions(tile="y=64,x=64", halo=16)
@@ -194,3 +195,25 @@ def test_verify_checks_the_recorded_blocks_of_an_unfinished_array_run(image):
     found = verify(image)
     assert [(d.where, d.part) for d in found.damage] == [(state.path, "block 10 (t=1 y=0:64 x=64:128)")]
     assert "its intermediate array has crc32:" in found.damage[0].reason
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_chunks_written_past_zarr_read_back_through_zarr_edges_included_and_fail_when_damaged(tmp_path, zarr_format):
+    folder = str(tmp_path / "raw")
+    array = zarr.create_array(
+        store=folder, shape=(2, 70, 90), chunks=(1, 32, 32), dtype=np.uint32, fill_value=0,
+        zarr_format=zarr_format, compressors=compressors(zarr_format),
+    )  # fmt: skip
+    values = np.random.default_rng(zarr_format).integers(0, 2**32, array.shape, dtype=np.uint32)
+    for t in range(2):
+        for y in range(0, 70, 32):
+            for x in range(0, 90, 32):
+                box = (slice(t, t + 1), slice(y, min(y + 32, 70)), slice(x, min(x + 32, 90)))
+                assert write_chunk(array, box, values[box])
+    assert np.array_equal(zarr.open_array(folder, mode="r")[...], values)
+    assert not write_chunk(array, (slice(0, 1), slice(1, 33), slice(0, 32)), values[:1, 1:33, :32])  # not one chunk
+    assert not write_chunk(array, (slice(0, 1), slice(0, 64), slice(0, 32)), values[:1, :64, :32])  # two chunks
+    key = array.metadata.encode_chunk_key((1, 2, 2))
+    flip_byte(os.path.join(folder, key))
+    with pytest.raises(ContractError, match=f"chunk {key} of the intermediate labels"):
+        read(zarr.open_array(folder, mode="r"), (slice(1, 2), slice(64, 70), slice(64, 90)), "the intermediate labels")

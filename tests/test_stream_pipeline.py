@@ -21,7 +21,7 @@ import nahual.launcher  # noqa: E402
 from nahual.errors import BlockError  # noqa: E402
 from nahual.launcher import spread_devices  # noqa: E402
 from nahual.stream import LocalModel, StreamOptions, apply, make_plan, write_image  # noqa: E402
-from nahual.stream import _payload as payload_module  # noqa: E402
+from nahual.stream import _cache as cache_module  # noqa: E402
 from nahual.stream._connect import connect_workers  # noqa: E402
 from nahual.stream._labels import LabelSink  # noqa: E402
 from nahual.stream._payload import BlockReader, ChunkCache  # noqa: E402
@@ -50,13 +50,13 @@ def reference(image):
 def count_chunk_reads(monkeypatch) -> list[int]:
     """Make every read of the input record how many chunks its box spans (64x64 chunks of a tyx array)."""
     spans: list[int] = []
-    direct = payload_module.read
+    direct = cache_module.read
 
     def counted(array, box, *args):
         spans.append(int(np.prod([-(-(s.stop) // c) - s.start // c for s, c in zip(box, array.chunks, strict=True)])))
         return direct(array, box, *args)
 
-    monkeypatch.setattr(payload_module, "read", counted)
+    monkeypatch.setattr(cache_module, "read", counted)
     return spans
 
 
@@ -89,13 +89,41 @@ def test_reader_threads_share_the_cache_and_get_the_right_pixels(image, pixels):
         assert np.array_equal(result["image"], pixels[t, y0:y1, x0:x1]), plan.describe(block)
 
 
-def test_a_box_wider_than_the_cache_is_read_directly(image, pixels, monkeypatch):
+def test_a_read_with_no_place_in_the_order_decodes_directly_and_keeps_nothing(image, pixels, monkeypatch):
     spans = count_chunk_reads(monkeypatch)
-    cache = ChunkCache(zarr.open_array(f"{image}/0", mode="r"), keep=2)
+    array = zarr.open_array(f"{image}/0", mode="r")
     box = (slice(1, 2), slice(10, 100), slice(30, 128))
-    assert np.array_equal(cache.read(box), pixels[box])
-    assert np.array_equal(cache.read(box), pixels[box])
-    assert spans == [4, 4]  # nothing kept: each read decodes its four chunks
+    cache = ChunkCache(array, [box], near=2, lookahead=2)
+    assert np.array_equal(cache.read(box), pixels[box]) and np.array_equal(cache.read(box), pixels[box])
+    assert spans == [4, 4] and cache.kept_bytes() == 0
+
+
+def wide_run(tmp_path, width: int, monkeypatch) -> tuple[int, int, int]:
+    """Read every block of a 4-chunk-high image ``width`` chunks wide (tiles = chunks of 32, halo 4) through a
+    cache whose budget holds 6 whole chunks: (chunk decodes, chunks, most bytes kept at once)."""
+    pixels = np.random.default_rng(width).integers(0, 2**16, (1, 128, 32 * width), dtype=np.uint16)
+    store = write_image(tmp_path / f"wide{width}.zarr", pixels, "tyx", chunks=(1, 32, 32))
+    array = zarr.open_array(f"{store}/0", mode="r")
+    options = StreamOptions(tile="y=32,x=32", halo=4)
+    plan = make_plan(Blobs.contract, "labels", "tyx", array.shape, array.chunks, options)
+    monkeypatch.setattr(cache_module, "CACHE_BYTES", 6 * 32 * 32 * 2)
+    spans = count_chunk_reads(monkeypatch)
+    reader = BlockReader(Blobs.contract, plan, plan.blocks(), array, None, ahead=1)
+    most = 0
+    for block in plan.blocks():
+        (t, y0, x0), (_, y1, x1) = block.read_start, block.read_stop
+        assert np.array_equal(reader(block)["image"], pixels[t, y0:y1, x0:x1].astype(np.float32))
+        most = max(most, reader.image.kept_bytes())
+    return sum(spans), 4 * width, most
+
+
+def test_a_wide_image_keeps_halo_strips_not_rows_of_chunks_and_decodes_each_chunk_at_most_twice(tmp_path, monkeypatch):
+    decoded, chunks, narrow = wide_run(tmp_path, 8, monkeypatch)
+    assert chunks < decoded <= 2 * chunks  # a chunk is read again for its own row after the row above took its strip
+    decoded, chunks, wide = wide_run(tmp_path, 16, monkeypatch)
+    assert chunks < decoded <= 2 * chunks
+    strips = 2 * 4 * 32 * 8 * 2  # two rows of halo strips (4 pixels high) across the 8 chunks more, uint16
+    assert wide - narrow <= strips, (narrow, wide)  # rows of whole chunks would add 2 x 8 x 2 KiB = 32 KiB
 
 
 def test_writes_run_behind_on_writer_threads_within_the_window(image, reference, monkeypatch):

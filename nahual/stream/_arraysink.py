@@ -31,7 +31,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from ..errors import BlockError, ContractError
-from ._integrity import chunk_grid, compressors, digest, location, read
+from ._integrity import chunk_grid, compressors, digest, location, read, write_chunk
 from ._ome import axis_names, image_group, ngff_version, ome_attrs
 from ._omewrite import _append_datasets, _array_options, _multiscale, _set_ome
 from ._plan import Block
@@ -158,7 +158,8 @@ class ArraySink(Sink):
                 f"earlier blocks {channels}: a model must give every block the same channels"
             )
         data = np.ascontiguousarray(core, dtype=array.dtype)  # the one copy: zarr and the digest take it as it is
-        array[self._box(block)] = data
+        if not write_chunk(array, self._box(block), data):
+            array[self._box(block)] = data
         self.state.record(block.index, {"channels": channels}, data=data)
 
     def _core_damage(self, block: Block, core: np.ndarray) -> str | None:
