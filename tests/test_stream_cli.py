@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import pty
 import re
 import subprocess
@@ -186,35 +185,3 @@ def test_progress_bar_on_a_terminal(image):
         os.close(secondary)
     assert process.returncode == 0, shown
     assert re.search(r"^feat \[#{24}\] 2/2 +[0-9.]+/s +ETA 0m00s\r\n", shown), repr(shown)
-
-
-ARENAS = """
-import ctypes, os, sys, threading
-if sys.argv[1] == "capped":
-    from nahual.cli._stream import _APPLY_ARENAS, _limit_malloc_arenas
-    _limit_malloc_arenas(_APPLY_ARENAS)
-libc = ctypes.CDLL(None)
-libc.malloc.restype = ctypes.c_void_p
-start, hold = threading.Barrier(9), threading.Barrier(9)
-def allocate():
-    start.wait()
-    libc.malloc(4096)  # a thread's first malloc takes an arena of its own while the cap allows
-    hold.wait()
-threads = [threading.Thread(target=allocate) for _ in range(8)]
-for thread in threads:
-    thread.start()
-start.wait()
-hold.wait()
-sys.stderr.flush()
-libc.malloc_stats()  # glibc prints one "Arena N:" section per arena on stderr
-"""
-
-
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc arenas are glibc's")
-def test_apply_caps_the_malloc_arenas_its_threads_take(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
-    counts = {}
-    for mode in ("capped", "default"):
-        done = subprocess.run([sys.executable, "-c", ARENAS, mode], capture_output=True, text=True, env=env, check=True)
-        counts[mode] = len(re.findall(r"^Arena \d+:", done.stderr, flags=re.MULTILINE))
-    assert counts["capped"] <= 2 < counts["default"], counts

@@ -122,7 +122,10 @@ def run_serve(args: argparse.Namespace) -> int:
         if token:
             os.environ["NAHUAL_TOKEN"] = token  # not on the command line, where ps shows it
         exec_server(args.env, _serve_argv(args))
+    from .._malloc import SERVER, tune_malloc
     from ..errors import LaunchError, NahualError
+
+    tune_malloc(SERVER)  # before the server's threads: they allocate the models' temporaries
     from ..server import Server
 
     limit = {} if args.max_message_bytes is None else {"max_message_bytes": args.max_message_bytes or None}

@@ -9,24 +9,18 @@ defaults named in the help texts are checked against them by the tests.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import math
 import os
 import sys
 from typing import Any
 
+from .._malloc import STREAMING, tune_malloc
 from ..errors import ConfigError
 from ..model import OUTPUT_KINDS
 from ._args import parse_json_object
 
 __all__ = ["register"]
-
-#: glibc's ``mallopt`` parameter for the most malloc arenas (``M_ARENA_MAX`` in ``malloc.h``).
-_M_ARENA_MAX = -8
-#: Arenas for ``nahual apply``: its reader and writer threads each get one by default (8 per core), and a freed
-#: block's pages stay in the arena that held them, which at 8192² added 100-200 MiB to the peak RSS.
-_APPLY_ARENAS = 2
 
 
 def _positive(text: str) -> int:
@@ -119,7 +113,7 @@ def run_apply(args: argparse.Namespace) -> int:
 
     if args.local and (args.server or args.env):
         raise ConfigError("--local runs the model here: drop --server and --env")
-    _limit_malloc_arenas(_APPLY_ARENAS)
+    tune_malloc(STREAMING)  # before the reader and writer threads
     options = StreamOptions.from_cli(args)
     if args.ready:
         _check_ready(args.ready)
@@ -153,18 +147,6 @@ def run_apply(args: argparse.Namespace) -> int:
     if args.done:
         _write_done(args.done, {"input": args.input, "output": args.output, **result})
     return 0
-
-
-def _limit_malloc_arenas(arenas: int) -> None:
-    """Cap glibc's malloc arenas for the threads this process starts next, unless ``MALLOC_ARENA_MAX`` is set.
-
-    Elsewhere than on glibc (musl, macOS) nothing happens: their allocators have no per-thread arenas to cap.
-    """
-    if sys.platform != "linux" or "MALLOC_ARENA_MAX" in os.environ:
-        return
-    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
-    if mallopt is not None:
-        mallopt(_M_ARENA_MAX, arenas)
 
 
 def _check_ready(path: str) -> None:
