@@ -34,9 +34,6 @@ CACHE_BYTES = 64 * 2**20
 #: What to do about an input chunk that does not decode, ending the message.
 INPUT_HINT = "the input is damaged: restore it from a copy"
 
-Coords = tuple[int, ...]
-Box = tuple[slice, ...]
-
 
 class ChunkCache:
     """Decoded chunks of one Zarr array, kept as long, and as much of each, as the coming blocks read (thread-safe).
