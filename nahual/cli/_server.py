@@ -124,9 +124,9 @@ def run_serve(args: argparse.Namespace) -> int:
         exec_server(args.env, _serve_argv(args))
     from .._malloc import SERVER, tune_malloc
     from ..errors import LaunchError, NahualError
+    from ..server import Server
 
     tune_malloc(SERVER)  # before the server's threads: they allocate the models' temporaries
-    from ..server import Server
 
     limit = {} if args.max_message_bytes is None else {"max_message_bytes": args.max_message_bytes or None}
     if args.max_instances is not None:

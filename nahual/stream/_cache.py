@@ -21,7 +21,7 @@ from concurrent.futures import Future
 import numpy as np
 import zarr
 
-from ._integrity import chunk_grid, read
+from ._integrity import chunk_box, chunk_grid, read
 from ._plan import Block, Plan
 
 __all__ = ["CACHE_BYTES", "INPUT_HINT", "ChunkCache", "make_cache", "read_range"]
@@ -76,9 +76,9 @@ class ChunkCache:
         ContractError
             When a chunk does not decode, naming it.
         """
-        grid = [(coords, _common(box, chunk)) for coords, chunk in self._grid(box)]
         if position is None or self.near == 0:
             return read(self.array, box, "the input", INPUT_HINT)
+        grid = [(coords, _common(box, chunk)) for coords, chunk in self._grid(box)]
         found, waiting, mine = self._claim(grid, position)
         if mine:
             found.update(self._load(mine))
@@ -129,7 +129,7 @@ class ChunkCache:
 
     def _load(self, mine: list[Coords]) -> dict[Coords, tuple[Box, np.ndarray]]:
         """Decode the chunks claimed, in one read of the box around them, and keep them whole for now."""
-        boxes = {coords: _chunk_box(coords, self.array) for coords in mine}
+        boxes = {coords: chunk_box(tuple(self.array.shape), tuple(self.array.chunks), coords) for coords in mine}
         bounds = _bounds(list(boxes.values()))
         try:
             data = read(self.array, bounds, "the input", INPUT_HINT)
@@ -162,7 +162,8 @@ class ChunkCache:
             return
         soon = [box for at, box in uses if at <= position + self.near]
         later = [box for at, box in uses if at > position + self.near]
-        if later and _size(strip := _bounds(later)) * 2 <= _size(_chunk_box(coords, self.array)):
+        whole = chunk_box(tuple(self.array.shape), tuple(self.array.chunks), coords)
+        if later and _size(strip := _bounds(later)) * 2 <= _size(whole):
             soon.append(strip)
         if not soon:
             del self._kept[coords]
@@ -191,10 +192,6 @@ def _contains(outer: Box, inner: Box) -> bool:
 
 def _size(box: Box) -> int:
     return math.prod(s.stop - s.start for s in box)
-
-
-def _chunk_box(coords: Coords, array: zarr.Array) -> Box:
-    return tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(coords, array.chunks, array.shape, strict=True))
 
 
 def _within(inner: Box, outer: Box) -> Box:

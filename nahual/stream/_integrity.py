@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import ContractError
 
-__all__ = ["chunk_grid", "compressors", "damaged_chunks", "digest", "location", "read", "write_chunk"]
+__all__ = ["chunk_box", "chunk_grid", "compressors", "damaged_chunks", "digest", "location", "read", "write_chunk"]
 
 #: zstd level 0 (the library default, 3) is zarr's own default; only the checksum is added.
 _ZSTD_LEVEL = 0
@@ -74,8 +74,12 @@ def chunk_grid(
         for (start, stop), c in zip(_ranges(selection, shape), chunks, strict=True)
     ]
     for coords in itertools.product(*spans):
-        box = tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(coords, chunks, shape, strict=True))
-        yield coords, box
+        yield coords, chunk_box(shape, chunks, coords)
+
+
+def chunk_box(shape: tuple[int, ...], chunks: tuple[int, ...], coords: tuple[int, ...]) -> tuple[slice, ...]:
+    """The pixels of the chunk at grid coordinates ``coords`` (cut at the array's edge)."""
+    return tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(coords, chunks, shape, strict=True))
 
 
 def _stored_chunks(array: Any) -> tuple[int, ...]:
@@ -161,15 +165,19 @@ def write_chunk(array: Any, box: tuple[slice, ...], data: np.ndarray) -> bool:
     import numcodecs
 
     root, codec = getattr(array.store, "root", None), _zstd_alone(array)
-    chunks = tuple(array.chunks)
-    box = tuple(slice(*s.indices(n)[:2]) for s, n in zip(box, array.shape, strict=True))
+    shape, chunks = tuple(array.shape), tuple(array.chunks)
+    box = tuple(slice(*s.indices(n)[:2]) for s, n in zip(box, shape, strict=True))
     if root is None or codec is None or any(s.start % c for s, c in zip(box, chunks, strict=True)):
         return False
     coords = tuple(s.start // c for s, c in zip(box, chunks, strict=True))
-    if any(s.stop != min(s.start + c, n) for s, c, n in zip(box, chunks, array.shape, strict=True)):
+    if box != chunk_box(shape, chunks, coords):
         return False
-    whole = np.full(chunks, array.metadata.fill_value, dtype=array.dtype.newbyteorder("<"))
-    whole[tuple(slice(0, s.stop - s.start) for s in box)] = data
+    little = array.dtype.newbyteorder("<")
+    if data.shape == chunks:
+        whole = np.ascontiguousarray(data, dtype=little)
+    else:  # an edge chunk
+        whole = np.full(chunks, array.metadata.fill_value, dtype=little)
+        whole[tuple(slice(0, s.stop - s.start) for s in box)] = data
     encoded = numcodecs.Zstd(level=codec.level, checksum=codec.checksum).encode(whole)
     path = os.path.join(location(array), array.metadata.encode_chunk_key(coords))
     os.makedirs(os.path.dirname(path), exist_ok=True)
