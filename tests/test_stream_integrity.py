@@ -19,16 +19,18 @@ from test_stream_stitch import blobs  # noqa: E402
 from nahual.cli import main  # noqa: E402
 from nahual.errors import BlockError, ContractError  # noqa: E402
 from nahual.stream import LocalModel, StreamOptions, apply, finish, verify, write_image, write_labels  # noqa: E402
-from nahual.stream._integrity import compressors, read, write_chunk  # noqa: E402
+from nahual.stream._chunkfiles import read_chunks, write_chunks  # noqa: E402
+from nahual.stream._integrity import compressors, read  # noqa: E402
 from nahual.stream._resume import RunState  # noqa: E402
 
 TILE = StreamOptions(tile="y=64,x=64", halo=16)
 
 
-def flip_byte(path: str | Path) -> None:
-    """Flip the bits of one byte in the middle of a file, as a bad disk or a stray write would."""
+def flip_byte(path: str | Path, at: int | None = None) -> None:
+    """Flip the bits of one byte (at ``at``, by default in the middle of the file), as a bad disk or a stray
+    write would."""
     data = bytearray(Path(path).read_bytes())
-    data[len(data) // 2] ^= 0xFF
+    data[len(data) // 2 if at is None else at] ^= 0xFF
     Path(path).write_bytes(bytes(data))
 
 
@@ -102,7 +104,8 @@ def test_a_flipped_byte_in_a_finished_block_is_found_and_the_block_redone(image,
 def test_a_deleted_chunk_and_damaged_side_data_are_redone_too(image, reference):
     state = half_run(image)
     os.unlink(Path(state.raw_path(), "c", "0", "0", "2"))  # block 2: would read as background
-    flip_byte(Path(state.blocks_dir, "00000004.npz"))  # block 4's view of its halo
+    journal, start, stop = state.side_data(4)  # block 4's view of its halo, in the run's journal
+    flip_byte(journal, (start + stop) // 2)
     with LocalModel(Blobs) as model:
         result = apply(model, image, "seg", TILE, progress=False)
     assert result["redone"] == 2
@@ -199,21 +202,67 @@ def test_verify_checks_the_recorded_blocks_of_an_unfinished_array_run(image):
 
 @pytest.mark.parametrize("zarr_format", [2, 3])
 def test_chunks_written_past_zarr_read_back_through_zarr_edges_included_and_fail_when_damaged(tmp_path, zarr_format):
-    folder = str(tmp_path / "raw")
-    array = zarr.create_array(
-        store=folder, shape=(2, 70, 90), chunks=(1, 32, 32), dtype=np.uint32, fill_value=0,
-        zarr_format=zarr_format, compressors=compressors(zarr_format),
-    )  # fmt: skip
+    def create(name: str) -> zarr.Array:
+        return zarr.create_array(
+            store=str(tmp_path / name), shape=(2, 70, 90), chunks=(1, 32, 32), dtype=np.uint32, fill_value=0,
+            zarr_format=zarr_format, compressors=compressors(zarr_format),
+        )  # fmt: skip
+
+    folder, array, whole = str(tmp_path / "raw"), create("raw"), create("whole")
     values = np.random.default_rng(zarr_format).integers(0, 2**32, array.shape, dtype=np.uint32)
     for t in range(2):
         for y in range(0, 70, 32):
             for x in range(0, 90, 32):
                 box = (slice(t, t + 1), slice(y, min(y + 32, 70)), slice(x, min(x + 32, 90)))
-                assert write_chunk(array, box, values[box])
+                assert write_chunks(array, box, values[box])
     assert np.array_equal(zarr.open_array(folder, mode="r")[...], values)
-    assert not write_chunk(array, (slice(0, 1), slice(1, 33), slice(0, 32)), values[:1, 1:33, :32])  # not one chunk
-    assert not write_chunk(array, (slice(0, 1), slice(0, 64), slice(0, 32)), values[:1, :64, :32])  # two chunks
+    assert write_chunks(whole, (slice(0, 2), slice(0, 70), slice(0, 90)), values)  # 18 chunks in one call
+    assert write_chunks(whole, (slice(1, 2), slice(0, 64), slice(32, 90)), values[1:, :64, 32:] + 1)  # four of them
+    expected = values.copy()
+    expected[1:, :64, 32:] += 1
+    assert np.array_equal(zarr.open_array(str(tmp_path / "whole"), mode="r")[...], expected)
+    assert not write_chunks(array, (slice(0, 1), slice(1, 33), slice(0, 32)), values[:1, 1:33, :32])  # cuts chunks
+    assert not write_chunks(array, (slice(0, 1), slice(0, 40), slice(0, 32)), values[:1, :40, :32])  # ends inside one
     key = array.metadata.encode_chunk_key((1, 2, 2))
     flip_byte(os.path.join(folder, key))
     with pytest.raises(ContractError, match=f"chunk {key} of the intermediate labels"):
         read(zarr.open_array(folder, mode="r"), (slice(1, 2), slice(64, 70), slice(64, 90)), "the intermediate labels")
+
+
+@pytest.mark.parametrize(
+    ("zarr_format", "dtype", "fill"), [(2, ">u2", 0), (2, "<f4", 1.5), (3, "uint16", 7), (3, "int32", 0)]
+)
+def test_chunks_read_past_zarr_equal_zarrs_own_reads_missing_and_edge_chunks_included(
+    tmp_path, zarr_format, dtype, fill
+):
+    folder = str(tmp_path / "a")
+    array = zarr.create_array(
+        store=folder, shape=(3, 50, 70), chunks=(2, 16, 32), dtype=dtype, fill_value=fill,
+        zarr_format=zarr_format, compressors=compressors(zarr_format),
+    )  # fmt: skip
+    rng = np.random.default_rng(zarr_format)
+    array[...] = rng.integers(0, 1000, array.shape).astype(dtype)
+    os.unlink(os.path.join(folder, array.metadata.encode_chunk_key((1, 3, 2))))  # reads as the fill value
+    array = zarr.open_array(folder, mode="r")
+    selections = [(slice(None),), (1, slice(10, 49), slice(30, 70)), (slice(2, 3), 49, slice(0, 70)), (0, 5, 69)]
+    for _ in range(20):
+        start = [int(rng.integers(0, n)) for n in array.shape]
+        selections.append(tuple(slice(s, int(rng.integers(s + 1, n + 1))) for s, n in zip(start, array.shape)))
+    for selection in selections:
+        direct, through_zarr = read_chunks(array, selection), np.asarray(array[selection])
+        assert direct.dtype == through_zarr.dtype and np.array_equal(direct, through_zarr), selection
+
+
+def test_chunks_that_zarr_must_decode_are_left_to_zarr(tmp_path):
+    from zarr.codecs import BloscCodec
+
+    blosc = zarr.create_array(store=str(tmp_path / "b"), shape=(8,), chunks=(4,), dtype="u1", compressors=BloscCodec())
+    sharded = zarr.create_array(
+        store=str(tmp_path / "s"), shape=(8,), chunks=(2,), shards=(4,), dtype="u1", compressors=compressors(3)
+    )
+    bare = zarr.create_array(store=str(tmp_path / "n"), shape=(8,), chunks=(4,), dtype="u1", compressors=None)
+    memory = zarr.create_array(store={}, shape=(8,), chunks=(4,), dtype="u1", compressors=compressors(3))
+    for array in (blosc, sharded, bare, memory):
+        array[...] = np.arange(8)
+        assert read_chunks(array, (slice(0, 8),)) is None
+        assert np.array_equal(read(array, (slice(2, 7),)), np.arange(2, 7))

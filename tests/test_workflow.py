@@ -37,6 +37,8 @@ pytest.importorskip("snakemake")
 from conftest import ROOT, object_f1, wait_until  # noqa: E402
 from track_scores import metric_results, store_graph  # noqa: E402
 
+from nahual.stream._journal import Journal  # noqa: E402
+
 pytestmark = pytest.mark.slow
 
 #: What a workflow copy needs from the repository.
@@ -284,7 +286,7 @@ def start_and_stop_halfway(workdir: Path, stop: signal.Signals, whole_group: boo
         )
     try:
         wait_until(
-            lambda: (blocks.is_dir() and any(blocks.glob("*.json"))) or process.poll() is not None,
+            lambda: Journal(str(blocks)).entries(refresh=True) or process.poll() is not None,
             timeout=RUN_TIMEOUT,
             what="the first block of the segmentation",
         )
@@ -313,8 +315,8 @@ def recorded_blocks(workdir: Path) -> dict[int, int]:
     shards = yaml.safe_load((workdir / "config.yaml").read_text())["streaming"]["shards"]
     blocks = Path(f"{workdir / STORE}.nahual") / "nuclei" / "blocks"  # run state beside the store
     counts: dict[int, int] = {}
-    for record in blocks.glob("*.json"):
-        shard = int(record.stem) % shards
+    for index in Journal(str(blocks)).entries():
+        shard = index % shards
         if not (workdir / "results" / "demo" / "nuclei" / f"shard{shard}-of-{shards}.done").exists():
             counts[shard] = counts.get(shard, 0) + 1
     return counts

@@ -31,7 +31,8 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from ..errors import BlockError, ContractError
-from ._integrity import chunk_grid, compressors, digest, location, read, write_chunk
+from ._chunkfiles import chunk_grid, location, write_chunks
+from ._integrity import compressors, digest, read
 from ._ome import axis_names, image_group, ngff_version, ome_attrs
 from ._omewrite import _append_datasets, _array_options, _multiscale, _set_ome
 from ._plan import Block
@@ -158,7 +159,7 @@ class ArraySink(Sink):
                 f"earlier blocks {channels}: a model must give every block the same channels"
             )
         data = np.ascontiguousarray(core, dtype=array.dtype)  # the one copy: zarr and the digest take it as it is
-        if not write_chunk(array, self._box(block), data):
+        if not write_chunks(array, self._box(block), data):
             array[self._box(block)] = data
         self.state.record(block.index, {"channels": channels}, data=data)
 

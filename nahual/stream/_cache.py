@@ -21,7 +21,8 @@ from concurrent.futures import Future
 import numpy as np
 import zarr
 
-from ._integrity import chunk_box, chunk_grid, read
+from ._chunkfiles import chunk_box, chunk_grid, intersect, within
+from ._integrity import read
 from ._plan import Block, Plan
 
 __all__ = ["CACHE_BYTES", "INPUT_HINT", "ChunkCache", "make_cache", "read_range"]
@@ -78,7 +79,7 @@ class ChunkCache:
         """
         if position is None or self.near == 0:
             return read(self.array, box, "the input", INPUT_HINT)
-        grid = [(coords, _common(box, chunk)) for coords, chunk in self._grid(box)]
+        grid = [(coords, intersect(box, chunk)) for coords, chunk in self._grid(box)]
         found, waiting, mine = self._claim(grid, position)
         if mine:
             found.update(self._load(mine))
@@ -87,7 +88,7 @@ class ChunkCache:
         out = np.empty(tuple(s.stop - s.start for s in box), dtype=self.array.dtype)
         for coords, common in grid:
             region, data = found[coords]
-            out[_within(common, box)] = data[_within(common, region)]
+            out[within(common, box)] = data[within(common, region)]
         with self._lock:
             for coords, _ in grid:
                 self._trim(coords, position)
@@ -106,7 +107,7 @@ class ChunkCache:
         for position in range(self._known, min(until, len(self.boxes))):
             box = self.boxes[position]
             for coords, chunk in self._grid(box):
-                self._uses.setdefault(coords, deque()).append((position, _common(box, chunk)))
+                self._uses.setdefault(coords, deque()).append((position, intersect(box, chunk)))
         self._known = max(self._known, min(until, len(self.boxes)))
 
     def _claim(
@@ -141,7 +142,7 @@ class ChunkCache:
         if len(mine) == 1:
             chunks = {mine[0]: (bounds, data)}
         else:  # copies, so that a kept chunk does not keep the whole box alive
-            chunks = {coords: (box, data[_within(box, bounds)].copy()) for coords, box in boxes.items()}
+            chunks = {coords: (box, data[within(box, bounds)].copy()) for coords, box in boxes.items()}
         with self._lock:
             for coords, chunk in chunks.items():
                 self._kept[coords] = chunk
@@ -169,16 +170,11 @@ class ChunkCache:
             del self._kept[coords]
             return
         region, data = kept
-        wanted = _common(_bounds(soon), region)  # a read the kept part lacks decodes the chunk again
+        wanted = intersect(_bounds(soon), region)  # a read the kept part lacks decodes the chunk again
         if any(s.start >= s.stop for s in wanted):
             del self._kept[coords]
         elif wanted != region:
-            self._kept[coords] = (wanted, data[_within(wanted, region)].copy())
-
-
-def _common(a: Box, b: Box) -> Box:
-    """The intersection of two boxes (empty along an axis where they do not overlap)."""
-    return tuple(slice(max(x.start, y.start), min(x.stop, y.stop)) for x, y in zip(a, b, strict=True))
+            self._kept[coords] = (wanted, data[within(wanted, region)].copy())
 
 
 def _bounds(boxes: list[Box]) -> Box:
@@ -192,11 +188,6 @@ def _contains(outer: Box, inner: Box) -> bool:
 
 def _size(box: Box) -> int:
     return math.prod(s.stop - s.start for s in box)
-
-
-def _within(inner: Box, outer: Box) -> Box:
-    """Where box ``inner`` lies within box ``outer``, as a selection of an array of ``outer``'s pixels."""
-    return tuple(slice(i.start - o.start, i.stop - o.start) for i, o in zip(inner, outer, strict=True))
 
 
 def _sharing_span(plan: Plan, array: zarr.Array, array_axes: str) -> int:

@@ -20,7 +20,8 @@ import numpy as np
 import zarr
 
 from ..errors import BlockError, ContractError
-from ._integrity import compressors, digest, read, write_chunk
+from ._chunkfiles import write_chunks
+from ._integrity import compressors, digest, read
 from ._omewrite import add_label_levels
 from ._payload import result_labels
 from ._plan import Block, Plan
@@ -100,7 +101,7 @@ class LabelSink(Sink):
         core_sel, core, window = result_labels(result, self.plan, block)
         offset = self.offsets[block.index]
         ids, values = compact_labels(core, offset, self.dtype)
-        if not write_chunk(self._raw, core_sel, ids):
+        if not write_chunks(self._raw, core_sel, ids):
             self._raw[core_sel] = ids
         arrays = None
         if self.plan.tile:

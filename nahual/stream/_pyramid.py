@@ -17,7 +17,7 @@ import numpy as np
 import zarr
 
 from ..errors import ContractError
-from ._integrity import chunk_grid
+from ._chunkfiles import chunk_grid
 
 __all__ = ["add_levels", "image_level_steps", "pick_level"]
 

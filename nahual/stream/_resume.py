@@ -11,10 +11,10 @@ store's root: ``STORE.nahual/NAME/`` for an image at the root of
   the input arrays (size and mtime of their metadata), so that state left
   by an earlier input (a store written anew) is dropped, not resumed;
 - ``raw``: the intermediate label array (block-local ids plus a fixed offset);
-- ``blocks/NNNNNNNN.json``: the completion record of one block, with the
-  CRC-32 of what the block wrote and of its ``.npz`` side data, written last,
-  each through a temporary file and ``os.replace``, so that a SIGKILL leaves
-  a block either recorded or not.
+- ``blocks/*.journal``: the completion records of the blocks, one entry per
+  block appended to a journal per writing process (:mod:`._journal`), with the
+  CRC-32 of what the block wrote and its side arrays; written last, so that a
+  SIGKILL leaves a block either recorded or not.
 
 Once the output is complete its group (``labels/NAME`` or ``tables/NAME``)
 carries the run's record in its ``nahual`` attributes, next to the
@@ -24,14 +24,10 @@ are supported for the state.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import tempfile
-import zipfile
-import zlib
-from io import BytesIO
 from typing import Any
 
 import numpy as np
@@ -39,6 +35,7 @@ import zarr
 
 from ..errors import ConfigError
 from ._integrity import digest
+from ._journal import Entry, Journal
 
 __all__ = ["STATE_SUFFIX", "RunState", "atomic_write", "input_stamp", "state_root"]
 
@@ -103,21 +100,6 @@ def input_stamp(array: zarr.Array | None) -> list[int]:
     return [stat.st_size, stat.st_mtime_ns]
 
 
-def _npz(arrays: dict[str, np.ndarray]) -> bytes:
-    """``arrays`` as an ``.npz`` file (``np.load`` reads it), deflated at level 1: a third of the time of
-    ``np.savez_compressed``'s level 6 on a block's halo view, for files a half larger."""
-    buffer = BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
-        for key, value in arrays.items():
-            with archive.open(f"{key}.npy", "w", force_zip64=True) as member:
-                np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
-    return buffer.getvalue()
-
-
-def _file_crc(data: bytes) -> str:
-    return f"crc32:{zlib.crc32(data):08x}"
-
-
 class RunState:
     """The state folder of one output of one image, and the record its output keeps when complete.
 
@@ -144,6 +126,7 @@ class RunState:
         self.root, inside = state_root(self.image_path)
         self.path = os.path.join(self.root, inside, name)
         self.blocks_dir = os.path.join(self.path, "blocks")
+        self.journal = Journal(self.blocks_dir)
         self._expected: tuple[Any, Any] | None = None
 
     # ---------------------------------------------------------------- the run
@@ -259,6 +242,7 @@ class RunState:
     def _remove(self) -> None:
         """Remove the state folder, and the folders above it up to the store's state folder once empty."""
         shutil.rmtree(self.path, ignore_errors=True)
+        self.journal = Journal(self.blocks_dir)  # a run after this starts a journal afresh
         folder = os.path.dirname(self.path)
         while folder.startswith(self.root) and os.path.isdir(folder):
             try:
@@ -273,16 +257,9 @@ class RunState:
         """Path of the intermediate label array."""
         return os.path.join(self.path, "raw")
 
-    def _block_file(self, index: int, ext: str) -> str:
-        return os.path.join(self.blocks_dir, f"{index:08d}.{ext}")
-
     def finished(self) -> set[int]:
-        """Indices of the blocks recorded as complete."""
-        try:
-            names = os.listdir(self.blocks_dir)
-        except FileNotFoundError:
-            return set()
-        return {int(n[:-5]) for n in names if n.endswith(".json") and not n.startswith(".")}
+        """Indices of the blocks recorded as complete (read afresh: other shards may be recording)."""
+        return set(self.journal.entries(refresh=True))
 
     def record(
         self,
@@ -291,47 +268,39 @@ class RunState:
         arrays: dict[str, np.ndarray] | None = None,
         data: np.ndarray | None = None,
     ) -> None:
-        """Mark a block complete: small JSON ``info``, optional side ``arrays`` (written first) and the digest
-        of ``data``, what the block wrote into the intermediate array."""
+        """Mark a block complete: small JSON ``info``, optional side ``arrays`` and the digest of ``data``,
+        what the block wrote into the intermediate array."""
         info = dict(info)
         if data is not None:
             info["digest"] = digest(data)
-        if arrays:
-            payload = _npz(arrays)
-            info["side_digest"] = _file_crc(payload)
-            atomic_write(self._block_file(index, "npz"), payload)
-        atomic_write(self._block_file(index, "json"), json.dumps(info, sort_keys=True).encode())
+        self.journal.record(index, info, arrays)
 
     def forget(self, index: int) -> None:
-        """Drop a block's record (its record first), so that the run does it again."""
-        for ext in ("json", "npz"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._block_file(index, ext))
+        """Drop a block's record, so that the run does it again."""
+        self.journal.forget(index)
+
+    def _entry(self, index: int) -> Entry:
+        entry = self.journal.entries().get(index) or self.journal.entries(refresh=True).get(index)
+        if entry is None:
+            raise ConfigError(f"block {index} of {self.name!r} is not recorded in {self.blocks_dir}")
+        return entry
 
     def info(self, index: int) -> dict[str, Any]:
         """The JSON record of a finished block."""
-        with open(self._block_file(index, "json"), "rb") as f:
-            return json.load(f)
+        return self._entry(index).info
 
     def side_damage(self, index: int) -> str | None:
         """What is wrong with a finished block's side data (missing, or not what was recorded), or None."""
-        want = self.info(index).get("side_digest")
-        if want is None:
-            return None
-        try:
-            with open(self._block_file(index, "npz"), "rb") as f:
-                got = _file_crc(f.read())
-        except FileNotFoundError:
-            return f"its side data {self._block_file(index, 'npz')} is missing"
-        return None if got == want else f"its side data {self._block_file(index, 'npz')} has {got}, recorded {want}"
+        return self._entry(index).damage()
+
+    def side_data(self, index: int) -> tuple[str, int, int]:
+        """The journal holding a finished block's side data, and the data's start and stop in it."""
+        entry = self._entry(index)
+        return entry.path, entry.data_start, entry.data_start + entry.data_length
 
     def arrays(self, index: int) -> dict[str, np.ndarray]:
         """The side arrays of a finished block (empty when it has none)."""
-        try:
-            with np.load(self._block_file(index, "npz"), allow_pickle=False) as data:
-                return {key: data[key] for key in data.files}
-        except FileNotFoundError:
-            return {}
+        return self._entry(index).read()
 
     @staticmethod
     def outputs(image_path: str) -> list[str]:

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import builtins
 import os
+import queue
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,8 +131,10 @@ class _Pipeline:
     :data:`WRITERS` threads) that bring requests and writes together to at most
     ``2 * inflight``. So a run holds at most ``3 * inflight`` blocks, whatever
     the size of the store, and a slow writer holds back new requests instead of
-    piling up results. This thread only dispatches: it waits on whatever
-    finishes first.
+    piling up results. This thread only dispatches: every future it starts
+    reports to one queue when done, and it takes whatever finishes first from
+    there (``concurrent.futures.wait`` would put a waiter on each future in
+    flight at every step: 0.3 ms a step, a fifth of a 256² block's dispatch).
     """
 
     def __init__(
@@ -147,6 +150,7 @@ class _Pipeline:
         self.reads: deque[tuple[Block, Future]] = deque()
         self.pending: dict[Future, _Request] = {}
         self.writes: dict[Future, tuple[Block, str]] = {}
+        self.done: queue.SimpleQueue[Future] = queue.SimpleQueue()
         self.error: BlockError | None = None
         self._cause: BaseException | None = None
         self._failed_at = -1
@@ -173,6 +177,7 @@ class _Pipeline:
             self._fail(exc, block, worker.name)
             return
         self.pending[future] = _Request(block, payload, worker, handle, tries)
+        future.add_done_callback(self.done.put)
 
     def _send_reads(self) -> None:
         """Send the blocks read so far, in order, while the window has room."""
@@ -192,7 +197,9 @@ class _Pipeline:
         worker.busy -= 1
         exc = future.exception()
         if exc is None:
-            self.writes[writers.submit(self.job.sink.write, block, future.result())] = (block, worker.name)
+            write = writers.submit(self.job.sink.write, block, future.result())
+            self.writes[write] = (block, worker.name)
+            write.add_done_callback(self.done.put)
         elif self.error is None and request.handle is not worker.handle:
             self._send(block, request.payload, worker, request.tries)  # its handle was replaced meanwhile
         elif _retryable(exc) and request.tries < self.retries and worker.reopen is not None and self.error is None:
@@ -217,20 +224,18 @@ class _Pipeline:
     def _step(self, todo: Iterator[Block], readers: ThreadPoolExecutor, writers: ThreadPoolExecutor) -> bool:
         """Top up the reads, send what is read, then handle whatever finishes first; False once all is done."""
         while self.error is None and len(self.reads) < self.inflight and (b := next(todo, None)) is not None:
-            self.reads.append((b, readers.submit(self.reader, b)))
+            read = readers.submit(self.reader, b)
+            self.reads.append((b, read))
+            read.add_done_callback(self.done.put)
         self._send_reads()
-        waiting = [*self.pending, *self.writes]
-        if self.reads and self._room():
-            waiting.append(self.reads[0][1])
-        if not waiting:
+        if not self.pending and not self.writes and not (self.reads and self._room()):
             return False
-        done, _ = wait(waiting, return_when=FIRST_COMPLETED)
-        for future in done:
-            if future in self.pending:
-                self._collect(future, writers)
-            elif future in self.writes:
-                self._written(future)
-        return True
+        future = self.done.get()
+        if future in self.pending:
+            self._collect(future, writers)
+        elif future in self.writes:
+            self._written(future)
+        return True  # a read, sent at the next step once it is the first
 
     def run(self, blocks: Iterable[Block]) -> None:
         """Process ``blocks``; raises the earliest block's failure after writing what finished."""

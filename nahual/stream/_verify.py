@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import zarr
 
 from ._arraysink import PREDICTIONS
-from ._integrity import damaged_chunks, location
+from ._chunkfiles import location
+from ._integrity import damaged_chunks
 from ._jobs import open_job
 from ._ome import image_group
 from ._resume import RunState
