@@ -59,8 +59,7 @@ def half_run(image: str) -> RunState:
 
 
 def test_every_array_nahual_writes_has_zstd_checksums(image, tmp_path):
-    state = half_run(image)
-    assert codecs_of(state.raw_path()) == [{"name": "zstd", "configuration": {"level": 0, "checksum": True}}]
+    half_run(image)
     with LocalModel(Blobs) as model:
         apply(model, image, "seg", TILE, progress=False)
     labels = np.zeros((2, 192, 192), np.uint32)
@@ -92,20 +91,27 @@ def test_ngff_04_outputs_have_zstd_checksums_too(tmp_path):
     assert meta["compressor"] == {"id": "zstd", "level": 0, "checksum": True}
 
 
+def flip_recorded(state: RunState, index: int) -> None:
+    """Flip a byte in the middle of what block ``index`` recorded (its ids and its halo view) in the journal."""
+    journal, start, stop = state.side_data(index)
+    flip_byte(journal, (start + stop) // 2)
+
+
 def test_a_flipped_byte_in_a_finished_block_is_found_and_the_block_redone(image, reference):
     state = half_run(image)
-    flip_byte(Path(state.raw_path(), "c", "0", "0", "0"))  # block 0's only chunk
+    flip_recorded(state, 0)
     with LocalModel(Blobs) as model:
         result = apply(model, image, "seg", TILE, progress=False)
     assert (result["processed"], result["skipped"], result["redone"]) == (10, 8, 1)
     assert np.array_equal(labels_of(image, "seg"), reference)
 
 
-def test_a_deleted_chunk_and_damaged_side_data_are_redone_too(image, reference):
+def test_damage_at_either_end_of_a_record_is_redone_too(image, reference):
     state = half_run(image)
-    os.unlink(Path(state.raw_path(), "c", "0", "0", "2"))  # block 2: would read as background
-    journal, start, stop = state.side_data(4)  # block 4's view of its halo, in the run's journal
-    flip_byte(journal, (start + stop) // 2)
+    journal, start, stop = state.side_data(2)
+    flip_byte(journal, start)  # the first byte of block 2's ids
+    journal, start, stop = state.side_data(4)
+    flip_byte(journal, stop - 1)  # the last byte of block 4's view of its halo
     with LocalModel(Blobs) as model:
         result = apply(model, image, "seg", TILE, progress=False)
     assert result["redone"] == 2
@@ -117,11 +123,11 @@ def test_stitching_refuses_damaged_blocks_and_the_same_apply_repairs_them(image,
         for shard in ("0/2", "1/2"):
             apply(model, image, "seg", TILE.replace(shard=shard), progress=False)
     state = RunState(image, "seg")
-    os.unlink(Path(state.raw_path(), "c", "1", "1", "1"))
+    flip_recorded(state, 13)
     with pytest.raises(BlockError, match=r"block 13 \(t=1 y=64:128 x=64:128\) failed on this process \(finishing"):
         finish(image, "seg")
-    flip_byte(Path(state.raw_path(), "c", "0", "1", "1"))
-    with pytest.raises(ContractError, match=r"chunk c/0/1/1 of the intermediate labels .*run the same apply again"):
+    flip_recorded(state, 4)
+    with pytest.raises(BlockError, match=r"block 4 \(t=0 y=64:128 x=64:128\) .*crc32:.*run the same apply again"):
         finish(image, "seg")
     with LocalModel(Blobs) as model:
         assert apply(model, image, "seg", TILE, progress=False)["redone"] == 2
@@ -159,11 +165,11 @@ def test_verify_checks_the_recorded_blocks_of_unfinished_runs_and_with_all_the_i
     state = half_run(image)
     found = verify(image)
     assert (found.blocks, found.damage) == (9, ())
-    os.unlink(Path(state.raw_path(), "c", "1", "0", "1"))  # block 10
+    flip_recorded(state, 10)
     flip_byte(Path(image, "0", "c", "0", "0", "0"))
     found = verify(image)
     assert [(d.where, d.part) for d in found.damage] == [(state.path, "block 10 (t=1 y=0:64 x=64:128)")]
-    assert "its intermediate labels have crc32:" in found.damage[0].reason
+    assert "its side data in " in found.damage[0].reason and "crc32:" in found.damage[0].reason
     everything = verify(image, everything=True)
     assert [d.part for d in everything.damage] == ["chunk c/0/0/0", "block 10 (t=1 y=0:64 x=64:128)"]
     assert everything.damage[0].where == f"{image}/0"

@@ -75,6 +75,19 @@ def test_blocks_read_through_the_cache_match_direct_reads_and_decode_each_chunk_
     assert len(blocks) == 32 and sum(spans) == 2 * 2 * 2  # each of the 8 chunks once, not once per block
 
 
+def test_tiles_a_quarter_of_a_chunk_decode_each_chunk_once(tmp_path, monkeypatch):
+    """16 tiles share a chunk, the first and the last 15 blocks apart: the cache keeps it for all of them."""
+    pixels = np.random.default_rng(3).integers(0, 2**16, (3, 128, 128), dtype=np.uint16)
+    array = zarr.open_array(f"{write_image(tmp_path / 'q.zarr', pixels, 'tyx', chunks=(1, 128, 128))}/0", mode="r")
+    plan = make_plan(Blobs.contract, "labels", "tyx", array.shape, array.chunks, StreamOptions(tile="y=32,x=32"))
+    spans = count_chunk_reads(monkeypatch)
+    reader = BlockReader(Blobs.contract, plan, plan.blocks(), array, None, ahead=2)
+    for block in plan.blocks():
+        (t, y0, x0), (_, y1, x1) = block.read_start, block.read_stop
+        assert np.array_equal(reader(block)["image"], pixels[t, y0:y1, x0:x1].astype(np.float32))
+    assert len(plan.blocks()) == 48 and spans == [1, 1, 1]
+
+
 def test_reader_threads_share_the_cache_and_get_the_right_pixels(image, pixels):
     array = zarr.open_array(f"{image}/0", mode="r")
     plan = make_plan(

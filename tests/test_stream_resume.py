@@ -91,7 +91,7 @@ def test_sigkill_at_random_points_then_resume(image, reference):
     done = subprocess.run(apply_command(image, "seg", delay=0.03), env=subprocess_env(), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert np.array_equal(labels_of(image, "seg"), reference)
-    assert state.final() is not None and not os.path.exists(state.raw_path())
+    assert state.final() is not None and not os.path.exists(state.path)
 
 
 def test_resume_skips_finished_blocks(image, reference):

@@ -155,7 +155,7 @@ def test_each_frame_is_stitched_on_its_own(tmp_path, model, monkeypatch):
     monkeypatch.setattr(
         LabelSink,
         "_relabel",
-        lambda self, raw, blocks, counts: stitched.append(blocks) or relabel(self, raw, blocks, counts),
+        lambda self, blocks, counts: stitched.append(blocks) or relabel(self, blocks, counts),
     )
     path = write_image(tmp_path / "img.zarr", blobs((3, 300, 300), 128, seed=2), "tyx", chunks=(1, 128, 128))
     tiled = apply(model, path, "tiled", StreamOptions(tile="y=128,x=128", halo=32), progress=False)

@@ -32,6 +32,7 @@ import struct
 import threading
 import time
 import zlib
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,14 +80,15 @@ class Entry:
             return f"its side data in {self.where()} has crc32:{got:08x}, recorded crc32:{self.data_crc:08x}"
         return None
 
-    def read(self) -> dict[str, np.ndarray]:
-        """The side arrays (check :meth:`damage` first)."""
+    def read(self, names: Collection[str] = ()) -> dict[str, np.ndarray]:
+        """The side arrays, those of ``names`` or all (check :meth:`damage` first)."""
         import numcodecs
 
         codec, data, start, out = numcodecs.Zstd(), self._data(), 0, {}
         for name, dtype, shape, length in self.arrays:
-            raw = codec.decode(data[start : start + length]) if length else b""
-            out[name] = np.frombuffer(raw, dtype=np.dtype(dtype)).reshape(shape).copy()
+            if not names or name in names:
+                raw = codec.decode(data[start : start + length]) if length else b""
+                out[name] = np.frombuffer(raw, dtype=np.dtype(dtype)).reshape(shape).copy()
             start += length
         return out
 

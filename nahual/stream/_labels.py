@@ -1,17 +1,19 @@
 """The labels output: per-block intermediate ids, then stitching into ``IMAGE/labels/NAME``.
 
-Zarr streaming layer. While a run goes, each block's core is written to the
-intermediate array ``raw`` of the run's state with ids ``offset + 1 ..``
-(offsets from the plan, so a resumed or sharded run writes the same ids), and
-the block's view of its halo goes into its completion record, with the digest
-of the core it wrote. Finishing reads those halos against what the neighbours
-wrote, merges objects that overlap, and writes the final label image block by
-block, checking each core against its digest. Finishing again gives the same
-image: it reads only the intermediate data.
+Zarr streaming layer. While a run goes, each block's core, with ids
+``offset + 1 ..`` (offsets from the plan, so a resumed or sharded run writes
+the same ids), and its view of its halo go into the block's completion
+record, one append to the run's journal: no file per block, whose creation
+cost more CPU than anything else this process did for a block, and a record
+that holds its data or is not there. Finishing reads those halos against the
+neighbours' cores, merges objects that overlap, and writes the final label
+image block by block, each core checked against its CRC. Finishing again gives
+the same image: it reads only the recorded data.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -19,13 +21,11 @@ from typing import Any
 import numpy as np
 import zarr
 
-from ..errors import BlockError, ContractError
-from ._chunkfiles import write_chunks
-from ._integrity import compressors, digest, read
+from ._chunkfiles import intersect, within
 from ._omewrite import add_label_levels
 from ._payload import result_labels
 from ._plan import Block, Plan
-from ._sink import FINISHER, REDO, Sink
+from ._sink import Sink
 from ._stitch import Relabel, UnionFind, compact_labels, lookup, overlap_pairs
 
 __all__ = ["LabelSink", "block_offsets"]
@@ -75,63 +75,29 @@ class LabelSink(Sink):
         self.offsets = block_offsets(self.plan, self.blocks)
         total = sum(self.plan.out_voxels(b) for b in self.blocks)
         self.dtype = np.uint32 if total < np.iinfo(np.uint32).max else np.uint64
-        self._raw: zarr.Array | None = None
 
     def check(self) -> None:
         """Any plan will do: tiles are stitched, iterated axes written one index at a time."""
 
     def prepare(self) -> None:
-        """Create the intermediate array (or open it, when resuming or sharing with other shards)."""
-        path = self.state.raw_path()
-        try:
-            self._raw = zarr.create_array(
-                store=path,
-                shape=self.plan.out_shape,
-                chunks=self.plan.out_chunks,
-                dtype=self.dtype,
-                fill_value=0,
-                zarr_format=self.target.zarr_format,
-                compressors=compressors(self.target.zarr_format),
-            )
-        except zarr.errors.ContainsArrayError:
-            self._raw = zarr.open_array(path, mode="r+")
+        """Nothing to create: the blocks' ids go into their records."""
 
     def write(self, block: Block, result: Any) -> None:
-        """Write one block's core ids, then record it with its halo view."""
-        core_sel, core, window = result_labels(result, self.plan, block)
+        """Record one block: its core's ids and, when tiled, its view of its halo."""
+        core, window = result_labels(result, self.plan, block)
         offset = self.offsets[block.index]
         ids, values = compact_labels(core, offset, self.dtype)
-        if not write_chunks(self._raw, core_sel, ids):
-            self._raw[core_sel] = ids
-        arrays = None
+        arrays = {"ids": ids}
         if self.plan.tile:
             view = lookup(values, window, offset, self.dtype)
             _, core_in_window = _window_box(self.plan, block)
             view[core_in_window] = 0
-            arrays = {"view": view}
-        self.state.record(block.index, {"offset": offset, "count": int(values.size)}, arrays, data=ids)
+            arrays["view"] = view
+        self.state.record(block.index, {"offset": offset, "count": int(values.size)}, arrays)
 
-    def _intermediate(self) -> zarr.Array:
-        if self._raw is None:
-            self._raw = zarr.open_array(self.state.raw_path(), mode="r")
-        return self._raw
-
-    def _core_damage(self, block: Block, core: np.ndarray) -> str | None:
-        want, got = self.state.info(block.index).get("digest"), digest(core)
-        return None if want in (None, got) else f"its intermediate labels have {got}, recorded {want}"
-
-    def damage(self, block: Block) -> str | None:
-        """Side data as in :meth:`Sink.damage`, and the block's core in the intermediate array against its digest."""
-        side = super().damage(block)
-        if side is not None:
-            return side
-        try:
-            core = read(self._intermediate(), _core_box(self.plan, block), "the intermediate labels", REDO)
-        except (FileNotFoundError, zarr.errors.NodeNotFoundError):
-            return f"the intermediate labels {self.state.raw_path()} are missing"
-        except ContractError as exc:  # a chunk that does not decode
-            return str(exc)
-        return self._core_damage(block, core)
+    def _ids(self, block: Block) -> np.ndarray:
+        """A finished block's core ids, checked against their CRC."""
+        return self.side_arrays(block, "ids")["ids"]
 
     def _frames(self) -> list[list[Block]]:
         """The blocks grouped by their index on the iterated axes (a frame), in plan order.
@@ -145,23 +111,27 @@ class LabelSink(Sink):
             frames.setdefault(tuple(block.start[p] for p in positions), []).append(block)
         return list(frames.values())
 
-    def _merges(self, raw: zarr.Array, blocks: list[Block]) -> dict[int, int]:
+    def _merges(self, blocks: list[Block]) -> dict[int, int]:
         union = UnionFind()
+        tiles = _TileIndex(self.plan, blocks)
         for block in blocks:
-            view = self.side_arrays(block).get("view")
+            view = self.side_arrays(block, "view").get("view")
             if view is None or not view.any():
                 continue
-            box, core = _window_box(self.plan, block)
-            stored = read(raw, box, "the intermediate labels", REDO)
-            stored[core] = 0
+            box, _ = _window_box(self.plan, block)
+            stored = np.zeros(view.shape, self.dtype)
+            for other in tiles.meeting(box):
+                if other is not block:
+                    common = intersect(box, other_box := _core_box(self.plan, other))
+                    stored[within(common, box)] = self._ids(other)[within(common, other_box)]
             for a, b in overlap_pairs(view, stored, self.min_overlap).tolist():
                 union.union(a, b)
         return union.merged()
 
-    def _relabel(self, raw: zarr.Array, blocks: list[Block], counts: list[int]) -> Relabel:
+    def _relabel(self, blocks: list[Block], counts: list[int]) -> Relabel:
         """The map from one frame's intermediate ids to 1..N, N its objects after merging across tiles."""
         offsets = [self.offsets[b.index] for b in blocks]
-        return Relabel(np.array(offsets), np.array(counts), self._merges(raw, blocks))
+        return Relabel(np.array(offsets), np.array(counts), self._merges(blocks))
 
     def finalize(self, provenance: dict[str, Any]) -> dict[str, Any]:
         """Stitch: merge across faces, write ``labels/NAME`` with ids 1..N, record the count.
@@ -171,21 +141,16 @@ class LabelSink(Sink):
         BlockError
             Naming the first block whose recorded data is damaged (the output is then not complete).
         """
-        raw = self._intermediate()
         counts = {b.index: self.state.info(b.index)["count"] for b in self.blocks}
         # the ids before merging bound the objects, which are known only once the last frame is stitched
         dtype = np.uint32 if sum(counts.values()) < np.iinfo(np.uint32).max else np.uint64
         final = self.create_label_image(dtype)
         objects = merged = 0
         for blocks in self._frames():
-            relabel = self._relabel(raw, blocks, [counts[b.index] for b in blocks])
+            relabel = self._relabel(blocks, [counts[b.index] for b in blocks])
             for block in blocks:
                 box = _core_box(self.plan, block)
-                core = read(raw, box, "the intermediate labels", REDO)
-                damage = self._core_damage(block, core)
-                if damage is not None:
-                    raise BlockError(self.plan.describe(block), FINISHER, f"{damage}; {REDO}")
-                ids = relabel(core)
+                ids = relabel(self._ids(block))
                 ids[ids > 0] += objects
                 final[box] = ids.astype(dtype)
             objects, merged = objects + relabel.count, merged + int(relabel.nonroot.size)
@@ -194,3 +159,20 @@ class LabelSink(Sink):
         group = zarr.open_group(os.path.join(self.target.image_path, "labels", self.name), mode="r+")
         group.attrs.update({"nahual": {**provenance, **summary}})
         return summary
+
+
+class _TileIndex:
+    """The blocks of one frame by their tile's place on each tiled axis: which blocks a box meets."""
+
+    def __init__(self, plan: Plan, blocks: list[Block]) -> None:
+        self.tiled = [(plan.out_axes.index(a), plan.tile[a]) for a in plan.out_axes if a in plan.tile]
+        self.by_place = {self._place(_core_box(plan, b)): b for b in blocks}
+
+    def _place(self, box: tuple[slice, ...]) -> tuple[int, ...]:
+        return tuple(box[axis].start // tile for axis, tile in self.tiled)
+
+    def meeting(self, box: tuple[slice, ...]) -> list[Block]:
+        """The blocks whose cores ``box`` overlaps."""
+        ranges = [range(box[a].start // t, (box[a].stop - 1) // t + 1) for a, t in self.tiled]
+        found = (self.by_place.get(place) for place in itertools.product(*ranges))
+        return [block for block in found if block is not None]

@@ -131,13 +131,11 @@ def build_payload(
     return payload
 
 
-def result_labels(result: Any, plan: Plan, block: Block) -> tuple[tuple[slice, ...], np.ndarray, np.ndarray]:
+def result_labels(result: Any, plan: Plan, block: Block) -> tuple[np.ndarray, np.ndarray]:
     """Check a label result and lay it out on the output's axes.
 
     Returns
     -------
-    core_selection : tuple of slice
-        Where the core goes in the output array.
     core : numpy.ndarray
         The core's labels, with singleton iterated axes.
     window : numpy.ndarray
@@ -166,10 +164,9 @@ def result_labels(result: Any, plan: Plan, block: Block) -> tuple[tuple[slice, .
     present = "".join(a for a in out_axes if a in result_axes)
     window = np.transpose(data, [result_axes.index(a) for a in present])
     window = window.reshape([window.shape[present.index(a)] if a in present else 1 for a in out_axes])
-    core_sel, window_core = [], []
+    window_core = []
     for axis in out_axes:
         pos = plan.axes.index(axis)
-        core_sel.append(slice(block.start[pos], block.stop[pos]))
         offset = block.start[pos] - block.read_start[pos] if axis in present else 0
         window_core.append(slice(offset, offset + block.stop[pos] - block.start[pos]))
-    return tuple(core_sel), window[tuple(window_core)], window
+    return window[tuple(window_core)], window

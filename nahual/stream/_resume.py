@@ -10,7 +10,6 @@ store's root: ``STORE.nahual/NAME/`` for an image at the root of
   another identity is refused instead of mixing two results) and a stamp of
   the input arrays (size and mtime of their metadata), so that state left
   by an earlier input (a store written anew) is dropped, not resumed;
-- ``raw``: the intermediate label array (block-local ids plus a fixed offset);
 - ``blocks/*.journal``: the completion records of the blocks, one entry per
   block appended to a journal per writing process (:mod:`._journal`), with the
   CRC-32 of what the block wrote and its side arrays; written last, so that a
@@ -28,6 +27,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -253,10 +253,6 @@ class RunState:
 
     # ---------------------------------------------------------------- blocks
 
-    def raw_path(self) -> str:
-        """Path of the intermediate label array."""
-        return os.path.join(self.path, "raw")
-
     def finished(self) -> set[int]:
         """Indices of the blocks recorded as complete (read afresh: other shards may be recording)."""
         return set(self.journal.entries(refresh=True))
@@ -298,9 +294,9 @@ class RunState:
         entry = self._entry(index)
         return entry.path, entry.data_start, entry.data_start + entry.data_length
 
-    def arrays(self, index: int) -> dict[str, np.ndarray]:
-        """The side arrays of a finished block (empty when it has none)."""
-        return self._entry(index).read()
+    def arrays(self, index: int, names: Collection[str] = ()) -> dict[str, np.ndarray]:
+        """The side arrays of a finished block, those of ``names`` or all (empty when it has none)."""
+        return self._entry(index).read(names)
 
     @staticmethod
     def outputs(image_path: str) -> list[str]:

@@ -99,8 +99,8 @@ class Sink(ABC):
         """
         return self.state.side_damage(block.index)
 
-    def side_arrays(self, block: Block) -> dict[str, np.ndarray]:
-        """A finished block's side arrays, checked against their digest.
+    def side_arrays(self, block: Block, *names: str) -> dict[str, np.ndarray]:
+        """A finished block's side arrays (those of ``names``, or all), checked against their digest.
 
         Raises
         ------
@@ -110,7 +110,7 @@ class Sink(ABC):
         damage = self.state.side_damage(block.index)
         if damage is not None:
             raise BlockError(self.plan.describe(block), FINISHER, f"{damage}; {REDO}")
-        return self.state.arrays(block.index)
+        return self.state.arrays(block.index, names)
 
     @property
     def name(self) -> str:
