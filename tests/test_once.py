@@ -54,3 +54,19 @@ def test_an_answered_key_is_forgotten_after_its_ttl_and_a_failed_answer_is_remem
     with pytest.raises(RuntimeError, match="the model failed"):
         failing.run("a", broken)
     assert given == [None] and failing.run("a", counting("z", calls)) == "z"
+
+
+def test_keys_expire_oldest_first_and_the_younger_ones_stay(monkeypatch):
+    import nahual.server._once as once_module
+
+    clock = [100.0]
+    monkeypatch.setattr(once_module.time, "monotonic", lambda: clock[0])
+    once = OncePerKey(5.0, lambda reply, kept: reply, lambda key, kept: f"late {key}")
+    calls: list[str] = []
+    once.run("old", counting("a", calls))
+    clock[0] = 103.0
+    once.run("young", counting("b", calls))
+    clock[0] = 106.0  # "old" answered 6 s ago, "young" 3 s ago
+    assert once.run("young", counting("c", calls)) == "late young"
+    assert once.run("old", counting("d", calls)) == "d"
+    assert calls == ["a", "b", "d"]

@@ -21,7 +21,7 @@ import os
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .._protocol import Kind, read_envelope
@@ -280,7 +280,7 @@ def _close(instance: Instance) -> None:
     instance.obj.close()
 
 
-def _remember_answered(_reply: _Reply | None, _remembered: list[Any]) -> bool:
+def _remember_answered(_reply: _Reply | None, _remembered: Iterable[Any]) -> bool:
     """An answered request id is remembered, not its reply: a resend is refused, not answered again."""
     return True
 

@@ -33,6 +33,7 @@ import ipaddress
 import itertools
 import secrets
 import threading
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -277,7 +278,7 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _reply_to_keep(reply: LegacyMessage | None, kept: list[LegacyMessage]) -> LegacyMessage | None:
+def _reply_to_keep(reply: LegacyMessage | None, kept: Iterable[LegacyMessage]) -> LegacyMessage | None:
     """A reply is kept for late copies of its message while all kept stay within :data:`ANSWERED_BYTES`."""
     if reply is not None and sum(other.nbytes for other in kept) + reply.nbytes <= ANSWERED_BYTES:
         return reply

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -40,7 +40,9 @@ class OncePerKey(Generic[K, R]):
         Seconds an answered key is remembered.
     remember : callable
         ``remember(reply, remembered)`` -> what to keep of a reply (None: forget
-        the key), given what is kept of the other answered keys.
+        the key), given an iterator over what is kept of the other answered keys
+        (walked only by a ``remember`` that needs it: a request costs the same
+        however many keys are remembered).
     repeat : callable
         ``repeat(key, kept)`` -> the reply to a copy that arrives after its key
         was answered (it may raise instead).
@@ -49,7 +51,7 @@ class OncePerKey(Generic[K, R]):
     def __init__(
         self,
         ttl_s: float,
-        remember: Callable[[R | None, list[Any]], Any],
+        remember: Callable[[R | None, Iterator[Any]], Any],
         repeat: Callable[[K, Any], R],
     ) -> None:
         self._ttl_s = ttl_s
@@ -57,13 +59,13 @@ class OncePerKey(Generic[K, R]):
         self._repeat = repeat
         self._lock = threading.Lock()
         self._pending: dict[K, _Pending] = {}
+        #: Answered keys in the order they were answered, so the expired ones are the first.
         self._answered: dict[K, tuple[float, Any]] = {}
 
     def run(self, key: K, answer: Callable[[], R]) -> R:
         """The reply to ``key``: ``answer()`` for its first copy, that reply for copies that arrive meanwhile."""
         with self._lock:
-            now = time.monotonic()
-            self._answered = {k: kept for k, kept in self._answered.items() if now - kept[0] < self._ttl_s}
+            self._expire(time.monotonic())
             if key in self._answered:
                 return self._repeat(key, self._answered[key][1])
             pending = self._pending.get(key)
@@ -78,8 +80,16 @@ class OncePerKey(Generic[K, R]):
         finally:
             with self._lock:
                 del self._pending[key]
-                kept = self._remember(pending.reply, [kept for _, kept in self._answered.values()])
+                kept = self._remember(pending.reply, (kept for _, kept in self._answered.values()))
                 if kept is not None:
                     self._answered[key] = (time.monotonic(), kept)
             pending.done.set()
         return pending.reply
+
+    def _expire(self, now: float) -> None:
+        """Forget the keys answered over ``ttl_s`` ago (under the lock)."""
+        while self._answered:
+            key, (answered, _) = next(iter(self._answered.items()))
+            if now - answered < self._ttl_s:
+                return
+            del self._answered[key]
