@@ -11,6 +11,7 @@ ome_v05 = pytest.importorskip("ome_zarr_models.v05")
 from stream_models import Blobs  # noqa: E402
 
 from nahual.stream import LocalModel, StreamOptions, apply, finish, write_image  # noqa: E402
+from nahual.stream._plan import make_plan  # noqa: E402
 from nahual.stream._stitch import Relabel, UnionFind, compact_labels, overlap_pairs  # noqa: E402
 
 
@@ -164,3 +165,21 @@ def test_each_frame_is_stitched_on_its_own(tmp_path, model, monkeypatch):
     whole = apply(model, path, "whole", StreamOptions(tile="none"), progress=False)
     assert same_partition(labels_of(path, "tiled"), labels_of(path, "whole"))
     assert tiled["final"]["objects"] == whole["final"]["objects"] == labels_of(path, "tiled").max()
+
+
+def test_finishing_decodes_each_blocks_ids_once_for_the_merges_and_once_to_relabel(tmp_path, model, monkeypatch):
+    """A block's ids are read by up to 8 neighbours' halo merges: the recent ones are kept, not decoded again."""
+    from collections import Counter
+
+    from nahual.stream._labels import LabelSink, _neighbour_span
+
+    reads, ids = Counter(), LabelSink._ids
+    monkeypatch.setattr(LabelSink, "_ids", lambda self, block: reads.update([block.index]) or ids(self, block))
+    path = write_image(tmp_path / "img.zarr", blobs((2, 256, 320), 128, seed=4), "tyx", chunks=(1, 64, 64))
+    options = StreamOptions(tile="y=64,x=64", halo=16)
+    apply(model, path, "tiled", options, progress=False)
+    plan = make_plan(Blobs.contract, "labels", "tyx", (2, 256, 320), (1, 64, 64), options)
+    assert _neighbour_span(plan) == 5 + 1  # the block below-right of one is 6 blocks on, rows of 5 tiles
+    assert len(reads) == 40 and max(reads.values()) <= 2, reads
+    whole = apply(model, path, "whole", StreamOptions(tile="none"), progress=False)
+    assert same_partition(labels_of(path, "tiled"), labels_of(path, "whole")) and whole["final"]["objects"] > 10

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,7 +115,11 @@ class LabelSink(Sink):
     def _merges(self, blocks: list[Block]) -> dict[int, int]:
         union = UnionFind()
         tiles = _TileIndex(self.plan, blocks)
+        ids = _RecentIds(
+            self._ids, _neighbour_span(self.plan), self.plan.out_voxels(blocks[0]) * np.dtype(self.dtype).itemsize
+        )
         for block in blocks:
+            ids.merging(block)
             view = self.side_arrays(block, "view").get("view")
             if view is None or not view.any():
                 continue
@@ -123,7 +128,7 @@ class LabelSink(Sink):
             for other in tiles.meeting(box):
                 if other is not block:
                     common = intersect(box, other_box := _core_box(self.plan, other))
-                    stored[within(common, box)] = self._ids(other)[within(common, other_box)]
+                    stored[within(common, box)] = ids(other)[within(common, other_box)]
             for a, b in overlap_pairs(view, stored, self.min_overlap).tolist():
                 union.union(a, b)
         return union.merged()
@@ -159,6 +164,47 @@ class LabelSink(Sink):
         group = zarr.open_group(os.path.join(self.target.image_path, "labels", self.name), mode="r+")
         group.attrs.update({"nahual": {**provenance, **summary}})
         return summary
+
+
+#: Bytes of decoded ids the halo merges of a frame keep for the next blocks (their neighbours' cores).
+RECENT_BYTES = 64 * 2**20
+
+
+def _neighbour_span(plan: Plan) -> int:
+    """Blocks, in plan order, between a block and its farthest neighbour (a halo reaches one tile at most)."""
+    counts, stride, span = plan.counts(), 1, 0
+    for axis in reversed(plan.axes):
+        if axis in plan.tile:
+            span += stride
+        stride *= counts.get(axis, 1)
+    return span
+
+
+class _RecentIds:
+    """The ids of the blocks read for the halo merges, kept while later blocks of the frame may read them again.
+
+    The merges go through a frame in plan order and read their neighbours,
+    ``span`` blocks away at most; kept are the blocks read not more than
+    ``span`` before the block being merged (and what ``RECENT_BYTES`` hold), so
+    each block's ids are decoded once, not once per neighbour that overlaps it.
+    """
+
+    def __init__(self, read: Callable[[Block], np.ndarray], span: int, block_bytes: int) -> None:
+        self.read, self.span, self.kept = read, span, {}
+        self.most = max(1, RECENT_BYTES // max(block_bytes, 1))
+
+    def merging(self, block: Block) -> None:
+        """``block`` is merged next: forget the blocks no later block reads."""
+        for index in [i for i in self.kept if i < block.index - self.span]:
+            del self.kept[index]
+
+    def __call__(self, block: Block) -> np.ndarray:
+        ids = self.kept.get(block.index)
+        if ids is None:
+            if len(self.kept) >= self.most:
+                del self.kept[min(self.kept)]
+            ids = self.kept[block.index] = self.read(block)
+        return ids
 
 
 class _TileIndex:
