@@ -38,13 +38,17 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Entry", "Journal"]
+__all__ = ["DamagedRecord", "Entry", "Journal"]
 
 MAGIC = b"NHJ1"
 HEADER = struct.Struct("<4sIQII")
 SUFFIX = ".journal"
 #: Zstd level of side arrays: a halo view is mostly zeros, and level 1 is 5x faster than npz's deflate at level 1.
 LEVEL = 1
+
+
+class DamagedRecord(Exception):
+    """A record's side data is missing or not what was recorded; the message says which."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,19 +76,22 @@ class Entry:
     def damage(self) -> str | None:
         """What is wrong with the side data (missing or not what was recorded), or None."""
         try:
-            data = self._data()
-        except FileNotFoundError:
-            return f"its side data in {self.path} is missing"
-        got = zlib.crc32(data)
-        if len(data) != self.data_length or got != self.data_crc:
-            return f"its side data in {self.where()} has crc32:{got:08x}, recorded crc32:{self.data_crc:08x}"
+            self._checked_data()
+        except DamagedRecord as exc:
+            return str(exc)
         return None
 
     def read(self, names: Collection[str] = ()) -> dict[str, np.ndarray]:
-        """The side arrays, those of ``names`` or all (check :meth:`damage` first)."""
+        """The side arrays, those of ``names`` or all, from one read of the side data checked against its CRC.
+
+        Raises
+        ------
+        DamagedRecord
+            When the side data is missing or not what was recorded.
+        """
         import numcodecs
 
-        codec, data, start, out = numcodecs.Zstd(), self._data(), 0, {}
+        codec, data, start, out = numcodecs.Zstd(), self._checked_data(), 0, {}
         for name, dtype, shape, length in self.arrays:
             if not names or name in names:
                 raw = codec.decode(data[start : start + length]) if length else b""
@@ -92,12 +99,21 @@ class Entry:
             start += length
         return out
 
-    def _data(self) -> bytes:
+    def _checked_data(self) -> bytes:
         if not self.data_length:
             return b""
-        with open(self.path, "rb") as f:
-            f.seek(self.data_start)
-            return f.read(self.data_length)
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.data_start)
+                data = f.read(self.data_length)
+        except FileNotFoundError:
+            raise DamagedRecord(f"its side data in {self.path} is missing") from None
+        got = zlib.crc32(data)
+        if len(data) != self.data_length or got != self.data_crc:
+            raise DamagedRecord(
+                f"its side data in {self.where()} has crc32:{got:08x}, recorded crc32:{self.data_crc:08x}"
+            )
+        return data
 
 
 def _entry(meta: dict[str, Any], data: bytes, data_crc: int) -> bytes:

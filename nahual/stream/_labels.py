@@ -13,7 +13,6 @@ the same image: it reads only the recorded data.
 
 from __future__ import annotations
 
-import itertools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from ._chunkfiles import intersect, within
+from ._chunkfiles import chunk_grid, intersect, within
 from ._omewrite import add_label_levels
 from ._payload import result_labels
 from ._plan import Block, Plan
@@ -125,9 +124,9 @@ class LabelSink(Sink):
                 continue
             box, _ = _window_box(self.plan, block)
             stored = np.zeros(view.shape, self.dtype)
-            for other in tiles.meeting(box):
+            for other, other_box in tiles.meeting(box):
                 if other is not block:
-                    common = intersect(box, other_box := _core_box(self.plan, other))
+                    common = intersect(box, other_box)
                     stored[within(common, box)] = ids(other)[within(common, other_box)]
             for a, b in overlap_pairs(view, stored, self.min_overlap).tolist():
                 union.union(a, b)
@@ -208,17 +207,18 @@ class _RecentIds:
 
 
 class _TileIndex:
-    """The blocks of one frame by their tile's place on each tiled axis: which blocks a box meets."""
+    """The blocks of one frame on the grid of their cores: which blocks a box meets, and their cores."""
 
     def __init__(self, plan: Plan, blocks: list[Block]) -> None:
-        self.tiled = [(plan.out_axes.index(a), plan.tile[a]) for a in plan.out_axes if a in plan.tile]
-        self.by_place = {self._place(_core_box(plan, b)): b for b in blocks}
+        self.shape = plan.out_shape
+        self.grid = tuple(
+            plan.tile.get(axis, 1 if axis in plan.iterated else size)
+            for axis, size in zip(plan.out_axes, plan.out_shape, strict=True)
+        )
+        self.by_place = {
+            tuple(s.start // g for s, g in zip(_core_box(plan, b), self.grid, strict=True)): b for b in blocks
+        }
 
-    def _place(self, box: tuple[slice, ...]) -> tuple[int, ...]:
-        return tuple(box[axis].start // tile for axis, tile in self.tiled)
-
-    def meeting(self, box: tuple[slice, ...]) -> list[Block]:
-        """The blocks whose cores ``box`` overlaps."""
-        ranges = [range(box[a].start // t, (box[a].stop - 1) // t + 1) for a, t in self.tiled]
-        found = (self.by_place.get(place) for place in itertools.product(*ranges))
-        return [block for block in found if block is not None]
+    def meeting(self, box: tuple[slice, ...]) -> list[tuple[Block, tuple[slice, ...]]]:
+        """The blocks whose cores ``box`` overlaps, each with its core."""
+        return [(self.by_place[p], core) for p, core in chunk_grid(self.shape, self.grid, box) if p in self.by_place]

@@ -295,7 +295,13 @@ class RunState:
         return entry.path, entry.data_start, entry.data_start + entry.data_length
 
     def arrays(self, index: int, names: Collection[str] = ()) -> dict[str, np.ndarray]:
-        """The side arrays of a finished block, those of ``names`` or all (empty when it has none)."""
+        """The side arrays of a finished block, those of ``names`` or all (empty when it has none).
+
+        Raises
+        ------
+        DamagedRecord
+            When its side data is missing or not what was recorded.
+        """
         return self._entry(index).read(names)
 
     @staticmethod

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import BlockError
+from ._journal import DamagedRecord
 from ._ome import image_group
 from ._omewrite import create_label_array
 
@@ -107,10 +108,10 @@ class Sink(ABC):
         BlockError
             Naming the block when its side data is damaged.
         """
-        damage = self.state.side_damage(block.index)
-        if damage is not None:
-            raise BlockError(self.plan.describe(block), FINISHER, f"{damage}; {REDO}")
-        return self.state.arrays(block.index, names)
+        try:
+            return self.state.arrays(block.index, names)
+        except DamagedRecord as exc:
+            raise BlockError(self.plan.describe(block), FINISHER, f"{exc}; {REDO}") from None
 
     @property
     def name(self) -> str:
