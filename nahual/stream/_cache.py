@@ -198,18 +198,15 @@ def _sharing_span(plan: Plan, array: zarr.Array, array_axes: str) -> int:
     it: 4 in a row for 256-pixel tiles of 1024-pixel chunks, which are 15
     blocks apart in a 4x4 frame; along an iterated axis, the indices of one chunk.
     """
-    counts, inner, span = plan.counts(), 1, 0
-    for axis in reversed(plan.axes):
-        if axis not in counts:
-            continue
+    steps = {}
+    for axis in plan.counts():
         size = plan.shape[plan.axes.index(axis)]
         chunk = array.chunks[array_axes.index(axis)] if axis in array_axes else 1
         if axis in plan.tile:
-            span += inner * _tiles_apart(size, chunk, plan.tile[axis], plan.halo)
+            steps[axis] = _tiles_apart(size, chunk, plan.tile[axis], plan.halo)
         elif axis in plan.iterated:
-            span += inner * (min(chunk, size) - 1)
-        inner *= counts[axis]
-    return span
+            steps[axis] = min(chunk, size) - 1
+    return plan.blocks_apart(steps)
 
 
 def _tiles_apart(size: int, chunk: int, tile: int, halo: int) -> int:

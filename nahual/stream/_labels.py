@@ -171,12 +171,7 @@ RECENT_BYTES = 64 * 2**20
 
 def _neighbour_span(plan: Plan) -> int:
     """Blocks, in plan order, between a block and its farthest neighbour (a halo reaches one tile at most)."""
-    counts, stride, span = plan.counts(), 1, 0
-    for axis in reversed(plan.axes):
-        if axis in plan.tile:
-            span += stride
-        stride *= counts.get(axis, 1)
-    return span
+    return plan.blocks_apart(dict.fromkeys(plan.tile, 1))
 
 
 class _RecentIds:

@@ -117,6 +117,14 @@ class Plan:
         counts = {a: len(self._ranges(pos)) for pos, a in enumerate(self.axes)}
         return {a: n for a, n in counts.items() if n > 1}
 
+    def blocks_apart(self, steps: dict[str, int]) -> int:
+        """How far apart in :meth:`blocks` order two blocks lie that are ``steps[axis]`` blocks apart on each axis."""
+        counts, stride, apart = self.counts(), 1, 0
+        for axis in reversed(self.axes):
+            apart += stride * steps.get(axis, 0)
+            stride *= counts.get(axis, 1)
+        return apart
+
     def blocks(self) -> list[Block]:
         """Every block of the run, in a fixed order (C order over iterated axes, then tiles)."""
         ranges = [self._ranges(pos) for pos in range(len(self.axes))]
