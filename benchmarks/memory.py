@@ -16,13 +16,13 @@ compresses well and writes fast), and run with the zoo's ``threshold`` in one
 in it: the worst case), with the default tile and the model's halo. The peak
 RSS of that process comes from the kernel (``wait4``). The bound printed is
 
-    base + 2 x (3 x inflight + 1) x (payload + result) + cache
+    base + 2 x (inflight + 3) x (payload + result) + cache
 
 where ``base`` is the peak of the same command on a one-frame store (the
 interpreter, numpy, zarr, scipy), ``payload`` and ``result`` are one block's
-read box as float32 and as uint32 labels, ``3 x inflight`` the blocks a run
-holds at most (read ahead, in flight, written behind) plus the one the model
-works on, doubled for the copies a block goes through (decoded and cast,
+read box as float32 and as uint32 labels, ``inflight + 2`` the blocks a run
+holds at most (one per lane: read ahead, in flight, written behind) plus the
+one the model works on, doubled for the copies a block goes through (decoded and cast,
 encoded and compressed), and ``cache`` the decoded chunks the plan keeps
 (at most :data:`nahual.stream._cache.CACHE_BYTES` of whole chunks, plus one chunk).
 """
@@ -46,6 +46,7 @@ import zarr
 from nahual.models.threshold import Threshold
 from nahual.stream import StreamOptions, make_plan, write_image
 from nahual.stream._cache import CACHE_BYTES
+from nahual.stream._runner import SPARE_LANES
 
 PARAMS = {"threshold": 300.0, "split": False, "sigma": 0.0, "fill_holes": False, "min_size": 0}
 CHUNK = 1024
@@ -96,14 +97,14 @@ def peak_rss(store: str, inflight: int) -> tuple[int, float]:
 
 
 def window_bound(store: str, base: int, inflight: int) -> int:
-    """The stated bound: ``base + 2 x (3 x inflight + 1) x (payload + result) + cache``, from the run's plan."""
+    """The stated bound: ``base + 2 x (inflight + SPARE_LANES + 1) x (payload + result) + cache``, from the plan."""
     array = zarr.open_array(f"{store}/0", mode="r")
     plan = make_plan(Threshold.contract, "labels", "tyx", array.shape, array.chunks, StreamOptions())
     blocks = plan.blocks()
     side = max(math.prod(e - s for s, e in zip(b.read_start, b.read_stop, strict=True)) for b in blocks)
     block = side * (4 + 4)  # payload float32 + result uint32
     cache = CACHE_BYTES + math.prod(array.chunks) * array.dtype.itemsize
-    return base + 2 * (3 * inflight + 1) * block + cache
+    return base + 2 * (inflight + SPARE_LANES + 1) * block + cache
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""The pipelined run: chunks decoded once, writes behind on their own threads, a bounded window, GPUs per instance."""
+"""The pipelined run: chunks decoded once, one lane per block, a bounded window, GPUs per instance."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from nahual.stream._connect import connect_workers  # noqa: E402
 from nahual.stream._labels import LabelSink  # noqa: E402
 from nahual.stream._payload import BlockReader, ChunkCache  # noqa: E402
 from nahual.stream._resume import RunState  # noqa: E402
+from nahual.stream._runner import SPARE_LANES  # noqa: E402
 
 TILE = StreamOptions(tile="y=32,x=32", halo=8, inflight=2)
 
@@ -139,21 +140,24 @@ def test_a_wide_image_keeps_halo_strips_not_rows_of_chunks_and_decodes_each_chun
     assert wide - narrow <= strips, (narrow, wide)  # rows of whole chunks would add 2 x 8 x 2 KiB = 32 KiB
 
 
-def test_writes_run_behind_on_writer_threads_within_the_window(image, reference, monkeypatch):
-    """A slow writer fills the window: reads and requests go on while results wait, up to 3 x inflight blocks."""
+def test_a_block_stays_on_its_lane_and_a_slow_writer_holds_back_the_reads(image, reference, monkeypatch):
+    """Each block is read and written on one lane; a slow writer fills the window, which never holds more
+    than inflight + SPARE_LANES blocks."""
     events = {"read": 0, "written": 0, "most": 0}
     lock = threading.Lock()
-    threads: set[str] = set()
+    readers: dict[int, str] = {}
+    writers: dict[int, str] = {}
     read, write = BlockReader.__call__, LabelSink.write
 
     def reading(self, block):
         with lock:
+            readers[block.index] = threading.current_thread().name
             events["read"] += 1
             events["most"] = max(events["most"], events["read"] - events["written"])
         return read(self, block)
 
     def writing(self, block, result):
-        threads.add(threading.current_thread().name)
+        writers[block.index] = threading.current_thread().name
         time.sleep(0.02)
         write(self, block, result)
         with lock:
@@ -164,8 +168,32 @@ def test_writes_run_behind_on_writer_threads_within_the_window(image, reference,
     with LocalModel(Blobs) as model:
         apply(model, image, "seg", TILE, progress=False)
     assert np.array_equal(labels_of(image, "seg"), reference)
-    assert all(name.startswith("nahual-write") for name in threads), threads
-    assert TILE.inflight < events["most"] <= 3 * TILE.inflight, events
+    assert readers == writers and len(readers) == 2 * 4 * 4
+    assert all(name.startswith("nahual-lane") for name in readers.values()), readers
+    assert len(set(readers.values())) == TILE.inflight + SPARE_LANES
+    assert TILE.inflight < events["most"] <= TILE.inflight + SPARE_LANES, events
+
+
+def test_requests_in_flight_never_exceed_inflight(image, monkeypatch):
+    """However many lanes read and write, at most ``inflight`` of them wait on the model at once."""
+    calls = {"now": 0, "most": 0}
+    lock = threading.Lock()
+    call = LocalModel.__call__
+
+    def counted(self, payload, **kwargs):
+        with lock:
+            calls["now"] += 1
+            calls["most"] = max(calls["most"], calls["now"])
+        try:
+            return call(self, payload, **kwargs)
+        finally:
+            with lock:
+                calls["now"] -= 1
+
+    monkeypatch.setattr(LocalModel, "__call__", counted)
+    with LocalModel(Blobs, {"delay_s": 0.01}) as model:
+        apply(model, image, "seg", TILE.replace(inflight=3), progress=False, finalize=False)
+    assert calls["most"] == 3, calls
 
 
 def test_the_model_works_while_finished_blocks_are_written(image, monkeypatch):

@@ -113,7 +113,7 @@ def run_apply(args: argparse.Namespace) -> int:
 
     if args.local and (args.server or args.env):
         raise ConfigError("--local runs the model here: drop --server and --env")
-    tune_malloc(STREAMING)  # before the reader and writer threads
+    tune_malloc(STREAMING)  # before the lanes start
     options = StreamOptions.from_cli(args)
     if args.ready:
         _check_ready(args.ready)

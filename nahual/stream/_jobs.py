@@ -15,7 +15,6 @@ from __future__ import annotations
 import datetime
 import functools
 import os
-from concurrent.futures import Future
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Protocol
@@ -59,8 +58,8 @@ class Handle(Protocol):
     model: str
     params: dict[str, Any]
 
-    def submit(self, payload: Any) -> Future:
-        """Start processing one payload; the future holds the result or the error."""
+    def __call__(self, payload: Any) -> Any:
+        """Process one payload; returns the result or raises the error."""
         ...
 
 

@@ -30,7 +30,7 @@ __all__ = ["BlockReader", "build_payload", "read_box", "result_labels"]
 
 
 class BlockReader:
-    """Reads the payloads of a run's blocks through one :class:`ChunkCache` per input (from reader threads).
+    """Reads the payloads of a run's blocks through one :class:`ChunkCache` per input (from the lanes, at once).
 
     Parameters
     ----------

@@ -1,9 +1,10 @@
 """``apply``: stream a Zarr input through one or more model handles; ``finish``: complete outputs.
 
-Zarr streaming layer. Blocks are read ahead in two threads while up to
-``inflight`` requests run on the workers (least busy first); results are
-written behind in two other threads as they complete, each block recorded
-when its output is whole, so that the model never waits for this process.
+Zarr streaming layer. Each block is read, sent, answered and written on one
+thread (a lane); ``inflight`` lanes have a request in flight on the workers
+(least busy first) while two more read the next blocks and write finished
+ones, each block recorded when its output is whole, so that the model never
+waits for this process.
 A resumed run checks each block it would skip against its recorded digests
 and does the damaged ones again. A failing block stops the run after the
 requests already in flight are written, unless the worker can reconnect and
@@ -16,10 +17,8 @@ from __future__ import annotations
 
 import builtins
 import os
-import queue
-from collections import deque
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,10 +35,8 @@ __all__ = ["Worker", "apply", "finish"]
 
 #: The worker named by a block that failed while its input was read, before any request.
 READER = "this process (reading the input)"
-#: Threads that read and decode blocks ahead of the requests.
-READERS = 2
-#: Threads that encode and write results (each block recorded once its data is written).
-WRITERS = 2
+#: Lanes beyond ``inflight``: they read the next blocks and write the finished ones while the requests run.
+SPARE_LANES = 2
 
 
 @dataclass
@@ -49,7 +46,7 @@ class Worker:
     Parameters
     ----------
     handle : Handle
-        Anything with ``.contract``, ``.model``, ``.params`` and ``.submit(payload) -> Future``.
+        Anything with ``.contract``, ``.model``, ``.params`` and called as ``handle(payload) -> result``.
     name : str
         The server address (or ``"local"``), used in error messages.
     reopen : callable, optional
@@ -64,20 +61,16 @@ class Worker:
     info: dict[str, Any] | None = None
     busy: int = field(default=0, init=False)
     used: int = field(default=0, init=False)
-
-    def submit(self, payload: dict[str, Any]) -> Future:
-        """Send one payload; counts the request as in flight."""
-        future = self.handle.submit(payload)
-        self.busy += 1
-        self.used += 1
-        return future
+    _reconnecting: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def reconnect(self, failed: Handle) -> None:
-        """Replace the handle by a fresh one from ``reopen``, unless ``failed`` was replaced already."""
+        """Replace the handle by a fresh one from ``reopen``, unless ``failed`` was replaced already
+        (lanes whose requests failed together reconnect once)."""
         if self.reopen is None:
             raise ConfigError(f"worker {self.name} cannot reconnect")
-        if self.handle is failed:
-            self.handle = self.reopen()
+        with self._reconnecting:
+            if self.handle is failed:
+                self.handle = self.reopen()
 
 
 def _workers(model: Handle | Worker | Sequence[Handle | Worker]) -> list[Worker]:
@@ -112,29 +105,19 @@ def _reason(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, NahualError) else f"{type(exc).__name__}: {exc}"
 
 
-@dataclass
-class _Request:
-    """A block in flight: what was sent, to which worker, on which of its handles, and how often."""
-
-    block: Block
-    payload: dict[str, Any]
-    worker: Worker
-    handle: Handle
-    tries: int
-
-
 class _Pipeline:
-    """Reads ahead, keeps ``inflight`` requests busy, writes results behind, all at once.
+    """Runs each block on one lane, from its read to its write, with ``inflight`` requests at once.
 
-    The window: at most ``inflight`` blocks read ahead (on :data:`READERS`
-    threads), ``inflight`` requests in flight, and results being written (on
-    :data:`WRITERS` threads) that bring requests and writes together to at most
-    ``2 * inflight``. So a run holds at most ``3 * inflight`` blocks, whatever
-    the size of the store, and a slow writer holds back new requests instead of
-    piling up results. This thread only dispatches: every future it starts
-    reports to one queue when done, and it takes whatever finishes first from
-    there (``concurrent.futures.wait`` would put a waiter on each future in
-    flight at every step: 0.3 ms a step, a fifth of a 256² block's dispatch).
+    There are ``inflight + SPARE_LANES`` lanes (threads). Each takes the next
+    block in plan order, reads it, waits for one of ``inflight`` request
+    slots, asks the least busy worker and waits for the answer, then writes
+    the result and records the block. So while ``inflight`` requests run,
+    the spare lanes read the next blocks and write the finished ones: a run
+    holds at most ``inflight + SPARE_LANES`` blocks, whatever the size of the
+    store, and a slow writer holds back the reads instead of piling up
+    results. A block stays on one thread: handing it between reader,
+    dispatcher, client and writer threads cost about six thread wake-ups per
+    block, a third of what the client spent on a 256² block on 2 cores.
     """
 
     def __init__(
@@ -147,109 +130,108 @@ class _Pipeline:
     ) -> None:
         self.job, self.reader, self.workers, self.progress = job, reader, workers, progress
         self.inflight, self.retries = options.inflight, options.retries
-        self.reads: deque[tuple[Block, Future]] = deque()
-        self.pending: dict[Future, _Request] = {}
-        self.writes: dict[Future, tuple[Block, str]] = {}
-        self.done: queue.SimpleQueue[Future] = queue.SimpleQueue()
         self.error: BlockError | None = None
         self._cause: BaseException | None = None
         self._failed_at = -1
+        self._todo: Iterator[Block] = iter(())
+        self._stopping = False
+        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(self.inflight)
 
     def _fail(self, exc: BaseException, block: Block, worker: str) -> None:
         """Keep the failure of the earliest block (the order requests fail in is not deterministic)."""
-        if self.error is None or block.index < self._failed_at:
-            self.error = BlockError(self.job.plan.describe(block), worker, _reason(exc))
-            self._cause, self._failed_at = exc, block.index
+        with self._lock:
+            if self.error is None or block.index < self._failed_at:
+                self.error = BlockError(self.job.plan.describe(block), worker, _reason(exc))
+                self._cause, self._failed_at = exc, block.index
+
+    def _abandoned(self, block: Block) -> bool:
+        """Whether a block is not worth sending: a block before it failed (blocks are taken in plan order)."""
+        return self.error is not None and self._failed_at < block.index
+
+    def _next(self) -> Block | None:
+        """The next block to run, or None once all are taken or one failed."""
+        with self._lock:
+            return None if self.error is not None or self._stopping else next(self._todo, None)
 
     def _pick(self) -> Worker:
-        return min(self.workers, key=lambda w: (w.busy, w.used))
+        """The least busy worker, counted busy until :meth:`_release`."""
+        with self._lock:
+            worker = min(self.workers, key=lambda w: (w.busy, w.used))
+            worker.busy += 1
+            worker.used += 1
+            return worker
 
-    def _room(self) -> bool:
-        """Whether another request may start: the window is not full."""
-        busy = len(self.pending)
-        return self.error is None and busy < self.inflight and busy + len(self.writes) < 2 * self.inflight
+    def _release(self, worker: Worker) -> None:
+        with self._lock:
+            worker.busy -= 1
 
-    def _send(self, block: Block, payload: dict[str, Any], worker: Worker, tries: int) -> None:
-        handle = worker.handle
+    def _answer(self, block: Block, payload: dict[str, Any]) -> tuple[Any, Worker] | None:
+        """One block's result and the worker that gave it, retrying on a fresh handle while ``retries`` allows;
+        None when it failed (the failure recorded)."""
+        worker, tries = self._pick(), 0
         try:
-            future = worker.submit(payload)
+            while True:
+                handle = worker.handle
+                try:
+                    return handle(payload), worker
+                except Exception as exc:
+                    if handle is not worker.handle:
+                        continue  # another lane replaced the handle meanwhile: not a try of this block's
+                    if not _retryable(exc) or tries >= self.retries or worker.reopen is None or self._abandoned(block):
+                        self._fail(exc, block, worker.name)
+                        return None
+                    tries += 1
+                    try:
+                        worker.reconnect(handle)
+                    except Exception as again:
+                        self._fail(again, block, worker.name)
+                        return None
+        finally:
+            self._release(worker)
+
+    def _run(self, block: Block) -> None:
+        """Read, request and write one block (its failure recorded, never raised)."""
+        try:
+            payload = self.reader(block)
+        except Exception as exc:
+            self._fail(exc, block, READER)
+            return
+        with self._slots:
+            answer = None if self._abandoned(block) else self._answer(block, payload)
+        del payload
+        if answer is None:
+            return
+        result, worker = answer
+        try:
+            self.job.sink.write(block, result)
         except Exception as exc:
             self._fail(exc, block, worker.name)
             return
-        self.pending[future] = _Request(block, payload, worker, handle, tries)
-        future.add_done_callback(self.done.put)
-
-    def _send_reads(self) -> None:
-        """Send the blocks read so far, in order, while the window has room."""
-        while self.reads and self.reads[0][1].done() and self._room():
-            block, read = self.reads.popleft()
-            try:
-                payload = read.result()
-            except Exception as exc:
-                self._fail(exc, block, READER)
-                return
-            self._send(block, payload, self._pick(), 0)
-
-    def _collect(self, future: Future, writers: ThreadPoolExecutor) -> None:
-        """A request finished: hand its result to a writer, or retry, or record the failure."""
-        request = self.pending.pop(future)
-        block, worker = request.block, request.worker
-        worker.busy -= 1
-        exc = future.exception()
-        if exc is None:
-            write = writers.submit(self.job.sink.write, block, future.result())
-            self.writes[write] = (block, worker.name)
-            write.add_done_callback(self.done.put)
-        elif self.error is None and request.handle is not worker.handle:
-            self._send(block, request.payload, worker, request.tries)  # its handle was replaced meanwhile
-        elif _retryable(exc) and request.tries < self.retries and worker.reopen is not None and self.error is None:
-            try:
-                worker.reconnect(request.handle)
-            except Exception as again:
-                self._fail(again, block, worker.name)
-                return
-            self._send(block, request.payload, worker, request.tries + 1)
-        else:
-            self._fail(exc, block, worker.name)
-
-    def _written(self, future: Future) -> None:
-        """A block's result is written and recorded (or failed to be)."""
-        block, worker = self.writes.pop(future)
-        exc = future.exception()
-        if exc is None:
+        with self._lock:
             self.progress.advance()
-        else:
-            self._fail(exc, block, worker)
 
-    def _step(self, todo: Iterator[Block], readers: ThreadPoolExecutor, writers: ThreadPoolExecutor) -> bool:
-        """Top up the reads, send what is read, then handle whatever finishes first; False once all is done."""
-        while self.error is None and len(self.reads) < self.inflight and (b := next(todo, None)) is not None:
-            read = readers.submit(self.reader, b)
-            self.reads.append((b, read))
-            read.add_done_callback(self.done.put)
-        self._send_reads()
-        if not self.pending and not self.writes and not (self.reads and self._room()):
-            return False
-        future = self.done.get()
-        if future in self.pending:
-            self._collect(future, writers)
-        elif future in self.writes:
-            self._written(future)
-        return True  # a read, sent at the next step once it is the first
+    def _lane(self) -> None:
+        while (block := self._next()) is not None:
+            self._run(block)
 
     def run(self, blocks: Iterable[Block]) -> None:
         """Process ``blocks``; raises the earliest block's failure after writing what finished."""
-        todo = iter(blocks)
-        with (
-            ThreadPoolExecutor(READERS, thread_name_prefix="nahual-read") as readers,
-            ThreadPoolExecutor(WRITERS, thread_name_prefix="nahual-write") as writers,
-        ):
-            try:
-                while self._step(todo, readers, writers):
-                    pass
-            finally:
-                for _, read in self.reads:
-                    read.cancel()
+        self._todo = iter(blocks)
+        lanes = [
+            threading.Thread(target=self._lane, name=f"nahual-lane_{n}", daemon=True)
+            for n in range(self.inflight + SPARE_LANES)
+        ]
+        for lane in lanes:
+            lane.start()
+        try:
+            for lane in lanes:
+                lane.join()
+        except BaseException:  # Ctrl-C: no new block starts, those in flight are written (a second one leaves now)
+            self._stopping = True
+            for lane in lanes:
+                lane.join()
+            raise
         if self.error is not None:
             raise self.error from self._cause
 
@@ -319,7 +301,8 @@ def apply(
     todo = [b for b in job.mine if b.index not in done or b.index in damaged]
     bar = Progress(len(todo), f"{output}", enabled=progress)
     spatial = {a: float(s) for a, s in zip(job.plan.axes, job.sink.target.scale, strict=True) if a in "zyx"}
-    reader = BlockReader(job.contract, job.plan, todo, job.image, job.labels, ahead=options.inflight, scale=spatial)
+    ahead = options.inflight + SPARE_LANES
+    reader = BlockReader(job.contract, job.plan, todo, job.image, job.labels, ahead=ahead, scale=spatial)
     _Pipeline(job, reader, workers, options, bar).run(todo)
     final = None
     if finalize if finalize is not None else not options.sharded:
