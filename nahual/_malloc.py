@@ -9,7 +9,7 @@ dearly, measured on a threshold server taking 256x256 tiles:
   the model ran 25% slower inside the server than in a process whose reads had
   raised the threshold;
 - it gives each thread an arena of its own (up to 8 per core), and pages a
-  thread frees stay in its arena: with a run's reader and writer threads, ``apply``'s
+  thread frees stay in its arena: with a run's many threads, ``apply``'s
   peak RSS at 8192² grew by 100-200 MiB.
 
 :func:`tune_malloc` sets both at a process's start, before its threads; a

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -194,6 +195,30 @@ def test_requests_in_flight_never_exceed_inflight(image, monkeypatch):
     with LocalModel(Blobs, {"delay_s": 0.01}) as model:
         apply(model, image, "seg", TILE.replace(inflight=3), progress=False, finalize=False)
     assert calls["most"] == 3, calls
+
+
+def test_ctrl_c_writes_the_blocks_in_flight_and_the_rerun_resumes(image, reference, monkeypatch):
+    """SIGINT during a run: no new block starts, each block already started is written whole, no lane is left."""
+    write = LabelSink.write
+    started: list[int] = []
+
+    def interrupted(self, block, result):
+        started.append(block.index)
+        if len(started) == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # delivered to the main thread, waiting for the lanes
+        time.sleep(0.05)
+        write(self, block, result)
+
+    monkeypatch.setattr(LabelSink, "write", interrupted)
+    with LocalModel(Blobs) as model:
+        with pytest.raises(KeyboardInterrupt):
+            apply(model, image, "seg", TILE, progress=False)
+        assert not [t for t in threading.enumerate() if t.name.startswith("nahual-lane")]
+        finished = RunState(str(image), "seg").finished()
+        assert finished == set(started) and 3 <= len(finished) < 2 * 4 * 4, (finished, started)
+        monkeypatch.setattr(LabelSink, "write", write)
+        again = apply(model, image, "seg", TILE, progress=False)
+    assert again["skipped"] == len(finished) and np.array_equal(labels_of(image, "seg"), reference)
 
 
 def test_the_model_works_while_finished_blocks_are_written(image, monkeypatch):
