@@ -46,7 +46,7 @@ import zarr
 from nahual.models.threshold import Threshold
 from nahual.stream import StreamOptions, make_plan, write_image
 from nahual.stream._cache import CACHE_BYTES
-from nahual.stream._runner import SPARE_LANES
+from nahual.stream._runner import lane_count
 
 PARAMS = {"threshold": 300.0, "split": False, "sigma": 0.0, "fill_holes": False, "min_size": 0}
 CHUNK = 1024
@@ -97,14 +97,14 @@ def peak_rss(store: str, inflight: int) -> tuple[int, float]:
 
 
 def window_bound(store: str, base: int, inflight: int) -> int:
-    """The stated bound: ``base + 2 x (inflight + SPARE_LANES + 1) x (payload + result) + cache``, from the plan."""
+    """The stated bound: ``base + 2 x (lanes + 1) x (payload + result) + cache``, from the run's plan."""
     array = zarr.open_array(f"{store}/0", mode="r")
     plan = make_plan(Threshold.contract, "labels", "tyx", array.shape, array.chunks, StreamOptions())
     blocks = plan.blocks()
     side = max(math.prod(e - s for s, e in zip(b.read_start, b.read_stop, strict=True)) for b in blocks)
     block = side * (4 + 4)  # payload float32 + result uint32
     cache = CACHE_BYTES + math.prod(array.chunks) * array.dtype.itemsize
-    return base + 2 * (inflight + SPARE_LANES + 1) * block + cache
+    return base + 2 * (lane_count(inflight) + 1) * block + cache
 
 
 def main() -> None:

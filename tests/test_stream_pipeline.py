@@ -27,7 +27,7 @@ from nahual.stream._connect import connect_workers  # noqa: E402
 from nahual.stream._labels import LabelSink  # noqa: E402
 from nahual.stream._payload import BlockReader, ChunkCache  # noqa: E402
 from nahual.stream._resume import RunState  # noqa: E402
-from nahual.stream._runner import SPARE_LANES  # noqa: E402
+from nahual.stream._runner import lane_count  # noqa: E402
 
 TILE = StreamOptions(tile="y=32,x=32", halo=8, inflight=2)
 
@@ -143,7 +143,7 @@ def test_a_wide_image_keeps_halo_strips_not_rows_of_chunks_and_decodes_each_chun
 
 def test_a_block_stays_on_its_lane_and_a_slow_writer_holds_back_the_reads(image, reference, monkeypatch):
     """Each block is read and written on one lane; a slow writer fills the window, which never holds more
-    than inflight + SPARE_LANES blocks."""
+    than one block per lane."""
     events = {"read": 0, "written": 0, "most": 0}
     lock = threading.Lock()
     readers: dict[int, str] = {}
@@ -171,8 +171,8 @@ def test_a_block_stays_on_its_lane_and_a_slow_writer_holds_back_the_reads(image,
     assert np.array_equal(labels_of(image, "seg"), reference)
     assert readers == writers and len(readers) == 2 * 4 * 4
     assert all(name.startswith("nahual-lane") for name in readers.values()), readers
-    assert len(set(readers.values())) == TILE.inflight + SPARE_LANES
-    assert TILE.inflight < events["most"] <= TILE.inflight + SPARE_LANES, events
+    assert len(set(readers.values())) == lane_count(TILE.inflight) == TILE.inflight + 2
+    assert TILE.inflight < events["most"] <= lane_count(TILE.inflight), events
 
 
 def test_requests_in_flight_never_exceed_inflight(image, monkeypatch):

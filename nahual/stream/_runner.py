@@ -39,6 +39,11 @@ READER = "this process (reading the input)"
 SPARE_LANES = 2
 
 
+def lane_count(inflight: int) -> int:
+    """The lanes of a run with ``inflight`` requests; each holds one block, so also the most blocks it holds."""
+    return inflight + SPARE_LANES
+
+
 @dataclass
 class Worker:
     """A model handle with a name for messages and, optionally, a way to reconnect.
@@ -220,7 +225,7 @@ class _Pipeline:
         self._todo = iter(blocks)
         lanes = [
             threading.Thread(target=self._lane, name=f"nahual-lane_{n}", daemon=True)
-            for n in range(self.inflight + SPARE_LANES)
+            for n in range(lane_count(self.inflight))
         ]
         try:
             for lane in lanes:
@@ -302,7 +307,7 @@ def apply(
     todo = [b for b in job.mine if b.index not in done or b.index in damaged]
     bar = Progress(len(todo), f"{output}", enabled=progress)
     spatial = {a: float(s) for a, s in zip(job.plan.axes, job.sink.target.scale, strict=True) if a in "zyx"}
-    ahead = options.inflight + SPARE_LANES
+    ahead = lane_count(options.inflight)  # a lane reads its next block while the others' are in flight
     reader = BlockReader(job.contract, job.plan, todo, job.image, job.labels, ahead=ahead, scale=spatial)
     _Pipeline(job, reader, workers, options, bar).run(todo)
     final = None
