@@ -152,7 +152,8 @@ class _Pipeline:
 
     def _abandoned(self, block: Block) -> bool:
         """Whether a block is not worth sending: a block before it failed (blocks are taken in plan order)."""
-        return self.error is not None and self._failed_at < block.index
+        with self._lock:  # the error and where it was are set together
+            return self.error is not None and self._failed_at < block.index
 
     def _next(self) -> Block | None:
         """The next block to run, or None once all are taken or one failed."""
