@@ -75,7 +75,7 @@ class Recorder(Model):
 
 
 class Overlap(Model):
-    """Returns when its call started and ended (``time.monotonic``), to measure how calls overlap.
+    """Returns when its call started and ended (``time.monotonic``), and the thread that made it.
 
     ``concurrency`` (load) goes into the instance's contract; with ``meet`` above
     1, each call waits (10 s at most) until ``meet`` calls are inside at once.
@@ -99,4 +99,4 @@ class Overlap(Model):
         if self._meeting is not None:
             self._meeting.wait()
         time.sleep(self.params["delay_s"])
-        return {"start": start, "end": time.monotonic()}
+        return {"start": start, "end": time.monotonic(), "thread": threading.current_thread().name}

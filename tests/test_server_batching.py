@@ -245,6 +245,16 @@ def test_a_model_that_does_not_say_it_is_thread_safe_runs_one_call_at_a_time(cli
     assert max_overlap([(r["start"], r["end"]) for r in (f.result(timeout=20) for f in futures)]) == 1
 
 
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_an_instance_is_called_only_from_its_own_runner_threads(client: nahual.Client, concurrency: int) -> None:
+    # 16 request threads take the requests in turn; the model sees only its instance's runners
+    overlap = client.load("overlap", concurrency=concurrency, delay_s=0.01)
+    futures = [overlap.submit({}) for _ in range(12)]
+    threads = {f.result(timeout=20)["thread"] for f in futures}
+    assert len(threads) == concurrency
+    assert all(name.startswith(f"nahual-model-{overlap.instance_id}-") for name in threads)
+
+
 # -- the contract ------------------------------------------------------------------------------
 
 
