@@ -183,3 +183,41 @@ def test_finishing_decodes_each_blocks_ids_once_for_the_merges_and_once_to_relab
     assert len(reads) == 40 and max(reads.values()) <= 2, reads
     whole = apply(model, path, "whole", StreamOptions(tile="none"), progress=False)
     assert same_partition(labels_of(path, "tiled"), labels_of(path, "whole")) and whole["final"]["objects"] > 10
+
+
+def test_ids_are_counted_per_frame_so_a_long_time_lapse_keeps_4_byte_ids():
+    """A time-lapse of 2**32 pixels in all (1024 frames of 2048²) records uint32 ids, not uint64."""
+    from nahual.stream._labels import block_offsets, intermediate_dtype
+
+    options = StreamOptions(tile="y=1024,x=1024", halo=16)
+    plan = make_plan(Blobs.contract, "labels", "tyx", (1024, 2048, 2048), (1, 1024, 1024), options)
+    blocks = plan.blocks()
+    offsets = block_offsets(plan, blocks)
+    assert offsets[:8] == [0, 2**20, 2 * 2**20, 3 * 2**20] * 2  # each frame's 4 tiles count from 0
+    assert intermediate_dtype(plan, blocks) == np.uint32
+    huge = make_plan(Blobs.contract, "labels", "tyx", (2, 65536, 65536), (1, 4096, 4096), StreamOptions(tile="none"))
+    assert intermediate_dtype(huge, huge.blocks()) == np.uint64  # one frame of 2**32 pixels needs 8 bytes
+
+
+def test_a_run_recorded_in_an_earlier_layout_is_refused_not_resumed_or_finished(tmp_path, model):
+    """Ids counted over the store (records of layout 1) must not mix with ids counted per frame."""
+    import json
+    import os
+
+    from nahual.errors import ConfigError
+    from nahual.stream._resume import RunState
+
+    path = write_image(tmp_path / "img.zarr", blobs((2, 128, 128), 64, seed=3), "tyx", chunks=(1, 64, 64))
+    options = StreamOptions(tile="y=64,x=64", halo=16)
+    apply(model, path, "seg", options, progress=False, finalize=False)
+    run_json = f"{RunState(path, 'seg').path}/run.json"
+    with open(run_json) as f:
+        record = json.load(f)
+    del record["identity"]["records"]  # as an earlier nahual wrote it
+    with open(run_json, "w") as f:
+        json.dump(record, f)
+    with pytest.raises(ConfigError, match=r"block records of layout 1, this one reads 2.*nahual reset"):
+        finish(path, "seg")
+    with pytest.raises(ConfigError, match=r"different run \(records differ\)"):
+        apply(model, path, "seg", options, progress=False)
+    assert not os.path.exists(f"{path}/labels/seg")  # nothing finished from the mixed records

@@ -189,6 +189,7 @@ def make_job(
         "labels": labels or "",
         "scale": list(target.scale),
         "zarr_format": target.zarr_format,
+        "records": sink_class.records,
     }
     provenance = {
         "model": handle.model,
@@ -230,7 +231,13 @@ def open_job(image_path: str, name: str) -> Job:
     identity = probe.identity()
     if identity is None:
         raise ConfigError(f"no run of {name!r} was started in {image_path} (no run state in {probe.path})")
-    state = RunState(image_path, name, identity["zarr_format"], SINKS[identity["kind"]].folder)
+    sink_class = SINKS[identity["kind"]]
+    if identity.get("records", 1) != sink_class.records:
+        raise ConfigError(
+            f"the run of {name!r} was recorded by another nahual (block records of layout "
+            f"{identity.get('records', 1)}, this one reads {sink_class.records}); {probe.reset_hint('start it over')}"
+        )
+    state = RunState(image_path, name, identity["zarr_format"], sink_class.folder)
     p = identity["plan"]
     plan = Plan(
         p["axes"],
@@ -244,5 +251,5 @@ def open_job(image_path: str, name: str) -> Job:
     )
     target = Target(image_path, identity["zarr_format"], tuple(identity["scale"]))
     blocks = plan.blocks()
-    sink = SINKS[identity["kind"]](target, plan, state)
+    sink = sink_class(target, plan, state)
     return Job(Contract(), plan, blocks, blocks, (0, 1), state, target, sink)

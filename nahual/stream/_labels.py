@@ -1,14 +1,14 @@
 """The labels output: per-block intermediate ids, then stitching into ``IMAGE/labels/NAME``.
 
 Zarr streaming layer. While a run goes, each block's core, with ids
-``offset + 1 ..`` (offsets from the plan, so a resumed or sharded run writes
-the same ids), and its view of its halo go into the block's completion
-record, one append to the run's journal: no file per block, whose creation
-cost more CPU than anything else this process did for a block, and a record
-that holds its data or is not there. Finishing reads those halos against the
-neighbours' cores, merges objects that overlap, and writes the final label
-image block by block, each core checked against its CRC. Finishing again gives
-the same image: it reads only the recorded data.
+``offset + 1 ..`` (offsets from the plan, counted within the block's frame, so
+a resumed or sharded run writes the same ids), and its view of its halo go
+into the block's completion record, one append to the run's journal: no file
+per block, whose creation cost more CPU than anything else this process did
+for a block, and a record that holds its data or is not there. Finishing reads
+those halos against the neighbours' cores, merges objects that overlap, and
+writes the final label image block by block, each core checked against its
+CRC. Finishing again gives the same image: it reads only the recorded data.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import zarr
@@ -28,16 +28,42 @@ from ._plan import Block, Plan
 from ._sink import Sink
 from ._stitch import Relabel, UnionFind, compact_labels, lookup, overlap_pairs
 
-__all__ = ["LabelSink", "block_offsets"]
+__all__ = ["LabelSink", "block_frames", "block_offsets", "intermediate_dtype"]
+
+
+def block_frames(plan: Plan, blocks: list[Block]) -> list[list[Block]]:
+    """The blocks grouped by their index on the iterated axes (a frame), in plan order.
+
+    Objects only merge across tiles of one frame, so each frame is stitched on
+    its own, and its blocks' ids need only be unique within it.
+    """
+    positions = [plan.axes.index(a) for a in plan.iterated]
+    frames: dict[tuple[int, ...], list[Block]] = {}
+    for block in blocks:
+        frames.setdefault(tuple(block.start[p] for p in positions), []).append(block)
+    return list(frames.values())
 
 
 def block_offsets(plan: Plan, blocks: list[Block]) -> list[int]:
-    """Per block, the id before its first: the output pixels of all blocks before it."""
-    offsets, total = [], 0
-    for block in blocks:
-        offsets.append(total)
-        total += plan.out_voxels(block)
+    """Per block (``blocks`` in plan order, as ``plan.blocks()``), the id before its first: the output
+    pixels of the blocks before it in its frame."""
+    offsets = [0] * len(blocks)
+    for frame in block_frames(plan, blocks):
+        total = 0
+        for block in frame:
+            offsets[block.index] = total
+            total += plan.out_voxels(block)
     return offsets
+
+
+def intermediate_dtype(plan: Plan, blocks: list[Block]) -> type:
+    """The dtype of the ids the blocks record: uint32 unless one frame has 2**32 pixels or more.
+
+    Counted per frame, not over the store, so that a long time-lapse keeps
+    4-byte ids (half the memory, disk and encoding of 8-byte ones).
+    """
+    largest = max((sum(plan.out_voxels(b) for b in frame) for frame in block_frames(plan, blocks)), default=0)
+    return np.uint32 if largest < np.iinfo(np.uint32).max else np.uint64
 
 
 def _window_box(plan: Plan, block: Block) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
@@ -69,12 +95,12 @@ class LabelSink(Sink):
     """
 
     min_overlap: float = 0.5
+    records: ClassVar[int] = 2  # 2: ids counted per frame (1: over the store)
 
     def __post_init__(self) -> None:
         self.blocks = self.plan.blocks()
         self.offsets = block_offsets(self.plan, self.blocks)
-        total = sum(self.plan.out_voxels(b) for b in self.blocks)
-        self.dtype = np.uint32 if total < np.iinfo(np.uint32).max else np.uint64
+        self.dtype = intermediate_dtype(self.plan, self.blocks)
 
     def check(self) -> None:
         """Any plan will do: tiles are stitched, iterated axes written one index at a time."""
@@ -83,12 +109,12 @@ class LabelSink(Sink):
         """Nothing to create: the blocks' ids go into their records."""
 
     def write(self, block: Block, result: Any) -> None:
-        """Record one block: its core's ids and, when tiled, its view of its halo."""
+        """Record one block: its core's ids and, when it has a halo, its view of it (the halo merges' input)."""
         core, window = result_labels(result, self.plan, block)
         offset = self.offsets[block.index]
         ids, values = compact_labels(core, offset, self.dtype)
         arrays = {"ids": ids}
-        if self.plan.tile:
+        if self.plan.halo:  # without one, tiles read nothing of each other and nothing merges
             view = lookup(values, window, offset, self.dtype)
             _, core_in_window = _window_box(self.plan, block)
             view[core_in_window] = 0
@@ -98,18 +124,6 @@ class LabelSink(Sink):
     def _ids(self, block: Block) -> np.ndarray:
         """A finished block's core ids, checked against their CRC."""
         return self.side_arrays(block, "ids")["ids"]
-
-    def _frames(self) -> list[list[Block]]:
-        """The blocks grouped by their index on the iterated axes (a frame), in plan order.
-
-        Objects only merge across tiles of one frame, so each frame is stitched on its own and the
-        stitch tables never hold more than one frame's objects, however long the time-lapse.
-        """
-        positions = [self.plan.axes.index(a) for a in self.plan.iterated]
-        frames: dict[tuple[int, ...], list[Block]] = {}
-        for block in self.blocks:
-            frames.setdefault(tuple(block.start[p] for p in positions), []).append(block)
-        return list(frames.values())
 
     def _merges(self, blocks: list[Block]) -> dict[int, int]:
         union = UnionFind()
@@ -150,7 +164,7 @@ class LabelSink(Sink):
         dtype = np.uint32 if sum(counts.values()) < np.iinfo(np.uint32).max else np.uint64
         final = self.create_label_image(dtype)
         objects = merged = 0
-        for blocks in self._frames():
+        for blocks in block_frames(self.plan, self.blocks):  # the stitch tables hold one frame's objects at most
             relabel = self._relabel(blocks, [counts[b.index] for b in blocks])
             for block in blocks:
                 box = _core_box(self.plan, block)

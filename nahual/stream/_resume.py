@@ -148,7 +148,7 @@ class RunState:
         if done is not None and done["identity"] != identity:
             raise ConfigError(
                 f"output {self.name!r} of {self.image_path} was made by a different run "
-                f"({_differ(done['identity'], identity)} differ); {self._reset_hint('make it again')}"
+                f"({_differ(done['identity'], identity)} differ); {self.reset_hint('make it again')}"
             )
         if done is not None and done["inputs"] == inputs:
             self._remove()  # what a kill between recording and removing left
@@ -163,10 +163,11 @@ class RunState:
         elif record["identity"] != identity:
             raise ConfigError(
                 f"output {self.name!r} of {self.image_path} was started by a different run "
-                f"({_differ(record['identity'], identity)} differ); {self._reset_hint('start over')}"
+                f"({_differ(record['identity'], identity)} differ); {self.reset_hint('start over')}"
             )
 
-    def _reset_hint(self, what: str) -> str:
+    def reset_hint(self, what: str) -> str:
+        """What to run to drop this state, for messages: ``run nahual reset IMAGE NAME to WHAT``."""
         return f"run nahual reset {self.image_path} {self.name} to {what}"
 
     def _run_record(self) -> dict[str, Any] | None:

@@ -60,6 +60,9 @@ class Sink(ABC):
 
     #: The group under the image (``labels`` or ``tables``) whose ``NAME`` keeps the run's record once complete.
     folder: ClassVar[str] = "labels"
+    #: The layout of the blocks' records, part of the run's identity: a run recorded in another layout (by an
+    #: earlier nahual) is refused, not resumed into an output mixing the two.
+    records: ClassVar[int] = 1
 
     @abstractmethod
     def check(self) -> None:
