@@ -83,3 +83,24 @@ def test_an_ngff_04_store_gets_04_predictions_of_its_own_chunk_layout(tmp_path):
     ome_v04.Image.from_zarr(predictions)
     np.testing.assert_array_equal(predictions["0"][0], 2 * image)
     assert Path(path, "predictions", "twice", "0", "0", "1", "1").is_file()  # NGFF 0.4's "/" chunk keys
+
+
+def test_shards_that_start_at_once_share_one_intermediate_array(tmp_path):
+    """Two shards that both find no intermediate array both create one: the second opens the first's."""
+    from nahual.stream._arraysink import INTERMEDIATE
+    from nahual.stream._jobs import make_job
+
+    image = np.random.default_rng(1).random((128, 128), dtype=np.float32)
+    path = write_image(tmp_path / "img.zarr", image, "yx", chunks=(64, 64))
+    options = [StreamOptions(tile="y=64,x=64", shard=f"{i}/2") for i in range(2)]
+    with LocalModel(Double) as model:
+        jobs = [make_job(model, path, "twice", o, kind=None, axes=None, labels=None, info={}) for o in options]
+        where = os.path.join(jobs[0].state.path, INTERMEDIATE)
+        first, second = (job.sink._create(where, 1, np.dtype(np.float32)) for job in jobs)
+        first[0, :2, :2] = 7.0
+        assert second[0, :2, :2].tolist() == [[7.0, 7.0], [7.0, 7.0]]  # one array, not two
+        assert sorted(os.listdir(jobs[0].state.path)) == sorted(["run.json", INTERMEDIATE])  # no scratch left
+        for o in options:
+            apply(model, path, "twice", o, progress=False)
+    finish(path, "twice")
+    np.testing.assert_array_equal(zarr.open_group(path, mode="r")["predictions/twice/0"][0], 2 * image)

@@ -20,6 +20,8 @@ same image: it reads only the intermediate data.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -97,17 +99,38 @@ class ArraySink(Sink):
                 except (FileNotFoundError, zarr.errors.NodeNotFoundError):
                     if channels is None:
                         raise
-                    shape, chunks = self._layout(channels)
-                    self._array = zarr.create_array(
-                        store=path,
-                        shape=shape,
-                        chunks=chunks,
-                        dtype=dtype,
-                        fill_value=0,
-                        zarr_format=self.target.zarr_format,
-                        compressors=compressors(self.target.zarr_format, ZSTD_LEVEL),
-                    )
+                    self._array = self._create(path, channels, dtype)
             return self._array
+
+    def _create(self, path: str, channels: int, dtype: np.dtype | None) -> zarr.Array:
+        """Create the intermediate array at ``path``, or open the one another shard created there first.
+
+        Shards start at once, and each creates the array at its first block: it is
+        made in a folder of its own, then renamed into place, so that a shard
+        never finds a half-made one, and the shard that comes second opens the
+        first one's.
+        """
+        shape, chunks = self._layout(channels)
+        scratch = tempfile.mkdtemp(dir=os.path.dirname(path), prefix=f".{os.path.basename(path)}-")
+        try:
+            zarr.create_array(
+                store=scratch,
+                shape=shape,
+                chunks=chunks,
+                dtype=dtype,
+                fill_value=0,
+                zarr_format=self.target.zarr_format,
+                compressors=compressors(self.target.zarr_format, ZSTD_LEVEL),
+            )
+            try:
+                os.rename(scratch, path)
+            except OSError:
+                if not os.path.isdir(path):
+                    raise
+                # another shard's is there: a folder is never renamed over one that is not empty
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return zarr.open_array(path, mode="r+")
 
     def _core(self, block: Block, result: Any) -> np.ndarray:
         """A result's core laid out on the output's axes (iterated axes as singletons).
