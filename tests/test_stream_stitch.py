@@ -221,3 +221,16 @@ def test_a_run_recorded_in_an_earlier_layout_is_refused_not_resumed_or_finished(
     with pytest.raises(ConfigError, match=r"different run \(records differ\)"):
         apply(model, path, "seg", options, progress=False)
     assert not os.path.exists(f"{path}/labels/seg")  # nothing finished from the mixed records
+
+
+def test_an_output_completed_by_an_earlier_nahual_is_still_complete(tmp_path, model):
+    """How blocks were recorded does not matter once they are gone: a rerun finds the output done."""
+    path = write_image(tmp_path / "img.zarr", blobs((2, 128, 128), 64, seed=3), "tyx", chunks=(1, 64, 64))
+    options = StreamOptions(tile="y=64,x=64", halo=16)
+    first = apply(model, path, "seg", options, progress=False)
+    group = zarr.open_group(f"{path}/labels/seg", mode="r+")
+    nahual_attrs = dict(group.attrs["nahual"])
+    del nahual_attrs["run"]["identity"]["records"]  # as an earlier nahual wrote it
+    group.attrs["nahual"] = nahual_attrs
+    again = apply(model, path, "seg", options, progress=False)
+    assert again["processed"] == 0 and again["final"] == first["final"]

@@ -232,10 +232,10 @@ def open_job(image_path: str, name: str) -> Job:
     if identity is None:
         raise ConfigError(f"no run of {name!r} was started in {image_path} (no run state in {probe.path})")
     sink_class = SINKS[identity["kind"]]
-    if identity.get("records", 1) != sink_class.records:
+    if identity["records"] != sink_class.records:
         raise ConfigError(
             f"the run of {name!r} was recorded by another nahual (block records of layout "
-            f"{identity.get('records', 1)}, this one reads {sink_class.records}); {probe.reset_hint('start it over')}"
+            f"{identity['records']}, this one reads {sink_class.records}); {probe.reset_hint('start it over')}"
         )
     state = RunState(image_path, name, identity["zarr_format"], sink_class.folder)
     p = identity["plan"]

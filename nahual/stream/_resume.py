@@ -42,6 +42,11 @@ __all__ = ["STATE_SUFFIX", "RunState", "atomic_write", "input_stamp", "state_roo
 #: Appended to a store's root folder to name the folder of its run states.
 STATE_SUFFIX = ".nahual"
 
+#: The identity's keys that say how a run records its blocks, not what it computes, with the value of runs
+#: recorded before the key existed: a run in progress must match them; a complete output, whose records are
+#: gone, is the same output whatever they were.
+RECORDING = {"records": 1}
+
 #: Where outputs keep the run record once complete (``tracks`` record theirs on their masks, ``labels/NAME``).
 RECORD_FOLDERS = ("labels", "tables", "predictions")
 
@@ -145,10 +150,11 @@ class RunState:
         identity, inputs = _canonical(identity), _canonical(inputs)
         self._expected = (identity, inputs)
         done = self._output_record()
-        if done is not None and done["identity"] != identity:
+        output = _without_recording(identity)  # a complete output's records are gone
+        if done is not None and (made := _without_recording(done["identity"])) != output:
             raise ConfigError(
                 f"output {self.name!r} of {self.image_path} was made by a different run "
-                f"({_differ(done['identity'], identity)} differ); {self.reset_hint('make it again')}"
+                f"({_differ(made, output)} differ); {self.reset_hint('make it again')}"
             )
         if done is not None and done["inputs"] == inputs:
             self._remove()  # what a kill between recording and removing left
@@ -160,10 +166,10 @@ class RunState:
         if record is None:
             record = {"identity": identity, "provenance": _canonical(provenance), "inputs": inputs}
             atomic_write(os.path.join(self.path, "run.json"), json.dumps(record, sort_keys=True).encode())
-        elif record["identity"] != identity:
+        elif (started := _with_recording(record["identity"])) != identity:
             raise ConfigError(
                 f"output {self.name!r} of {self.image_path} was started by a different run "
-                f"({_differ(record['identity'], identity)} differ); {self.reset_hint('start over')}"
+                f"({_differ(started, identity)} differ); {self.reset_hint('start over')}"
             )
 
     def reset_hint(self, what: str) -> str:
@@ -180,7 +186,7 @@ class RunState:
     def identity(self) -> dict[str, Any] | None:
         """The recorded identity, or None before the first run."""
         record = self._run_record()
-        return None if record is None else record["identity"]
+        return None if record is None else _with_recording(record["identity"])
 
     def provenance(self) -> dict[str, Any]:
         """The provenance recorded by the first run."""
@@ -213,9 +219,11 @@ class RunState:
         if expected is None:
             record = self._run_record()
             expected = None if record is None else (record["identity"], record.get("inputs"))
-        if expected is not None and (done["identity"], done["inputs"]) != expected:
-            return None
-        return done["final"]
+        if expected is None:
+            return done["final"]
+        identity, inputs = expected
+        same = _without_recording(done["identity"]) == _without_recording(identity) and done["inputs"] == inputs
+        return done["final"] if same else None
 
     def mark_final(self, summary: dict[str, Any]) -> None:
         """Record in the output's group (``labels/NAME``...) that it is complete, then remove the state folder."""
@@ -315,6 +323,15 @@ class RunState:
         except FileNotFoundError:
             return []
         return [n for n in names if os.path.isfile(os.path.join(folder, n, "run.json"))]
+
+
+def _with_recording(identity: dict[str, Any]) -> dict[str, Any]:
+    """A recorded identity, with the :data:`RECORDING` keys it predates at the values its run had."""
+    return {**RECORDING, **identity}
+
+
+def _without_recording(identity: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in identity.items() if k not in RECORDING}
 
 
 def _differ(recorded: dict[str, Any], identity: dict[str, Any]) -> str:
