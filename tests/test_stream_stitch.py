@@ -187,16 +187,16 @@ def test_finishing_decodes_each_blocks_ids_once_for_the_merges_and_once_to_relab
 
 def test_ids_are_counted_per_frame_so_a_long_time_lapse_keeps_4_byte_ids():
     """A time-lapse of 2**32 pixels in all (1024 frames of 2048²) records uint32 ids, not uint64."""
-    from nahual.stream._labels import block_offsets, intermediate_dtype
+    from nahual.stream._labels import block_frames, block_offsets, intermediate_dtype
 
     options = StreamOptions(tile="y=1024,x=1024", halo=16)
     plan = make_plan(Blobs.contract, "labels", "tyx", (1024, 2048, 2048), (1, 1024, 1024), options)
-    blocks = plan.blocks()
-    offsets = block_offsets(plan, blocks)
+    frames = block_frames(plan, plan.blocks())
+    offsets = block_offsets(plan, frames)
     assert offsets[:8] == [0, 2**20, 2 * 2**20, 3 * 2**20] * 2  # each frame's 4 tiles count from 0
-    assert intermediate_dtype(plan, blocks) == np.uint32
+    assert intermediate_dtype(plan, frames) == np.uint32
     huge = make_plan(Blobs.contract, "labels", "tyx", (2, 65536, 65536), (1, 4096, 4096), StreamOptions(tile="none"))
-    assert intermediate_dtype(huge, huge.blocks()) == np.uint64  # one frame of 2**32 pixels needs 8 bytes
+    assert intermediate_dtype(huge, block_frames(huge, huge.blocks())) == np.uint64  # a 2**32-pixel frame: 8 bytes
 
 
 def test_a_run_recorded_in_an_earlier_layout_is_refused_not_resumed_or_finished(tmp_path, model):

@@ -44,11 +44,11 @@ def block_frames(plan: Plan, blocks: list[Block]) -> list[list[Block]]:
     return list(frames.values())
 
 
-def block_offsets(plan: Plan, blocks: list[Block]) -> list[int]:
-    """Per block (``blocks`` in plan order, as ``plan.blocks()``), the id before its first: the output
-    pixels of the blocks before it in its frame."""
-    offsets = [0] * len(blocks)
-    for frame in block_frames(plan, blocks):
+def block_offsets(plan: Plan, frames: list[list[Block]]) -> list[int]:
+    """Per block (by its index; ``frames`` from :func:`block_frames` of all the plan's blocks), the id
+    before its first: the output pixels of the blocks before it in its frame."""
+    offsets = [0] * sum(len(frame) for frame in frames)
+    for frame in frames:
         total = 0
         for block in frame:
             offsets[block.index] = total
@@ -56,13 +56,13 @@ def block_offsets(plan: Plan, blocks: list[Block]) -> list[int]:
     return offsets
 
 
-def intermediate_dtype(plan: Plan, blocks: list[Block]) -> type:
+def intermediate_dtype(plan: Plan, frames: list[list[Block]]) -> type:
     """The dtype of the ids the blocks record: uint32 unless one frame has 2**32 pixels or more.
 
     Counted per frame, not over the store, so that a long time-lapse keeps
     4-byte ids (half the memory, disk and encoding of 8-byte ones).
     """
-    largest = max((sum(plan.out_voxels(b) for b in frame) for frame in block_frames(plan, blocks)), default=0)
+    largest = max((sum(plan.out_voxels(b) for b in frame) for frame in frames), default=0)
     return np.uint32 if largest < np.iinfo(np.uint32).max else np.uint64
 
 
@@ -99,8 +99,9 @@ class LabelSink(Sink):
 
     def __post_init__(self) -> None:
         self.blocks = self.plan.blocks()
-        self.offsets = block_offsets(self.plan, self.blocks)
-        self.dtype = intermediate_dtype(self.plan, self.blocks)
+        self.frames = block_frames(self.plan, self.blocks)  # grouped once: offsets, dtype and the stitch use them
+        self.offsets = block_offsets(self.plan, self.frames)
+        self.dtype = intermediate_dtype(self.plan, self.frames)
 
     def check(self) -> None:
         """Any plan will do: tiles are stitched, iterated axes written one index at a time."""
@@ -164,7 +165,7 @@ class LabelSink(Sink):
         dtype = np.uint32 if sum(counts.values()) < np.iinfo(np.uint32).max else np.uint64
         final = self.create_label_image(dtype)
         objects = merged = 0
-        for blocks in block_frames(self.plan, self.blocks):  # the stitch tables hold one frame's objects at most
+        for blocks in self.frames:  # the stitch tables hold one frame's objects at most
             relabel = self._relabel(blocks, [counts[b.index] for b in blocks])
             for block in blocks:
                 box = _core_box(self.plan, block)
