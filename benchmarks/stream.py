@@ -24,7 +24,11 @@ the blocks (reading, model, writing) and the finish (stitching), the seconds
 of CPU this process spent on them, and the ratios. ``compute`` is the model's
 own ``process`` on every block's payload, read into memory first, in this
 process (its turn in the same loop): what a run would take if nothing but
-the model cost anything.
+the model cost anything. ``requests`` and ``requests2`` send those same
+in-memory payloads to the one and the two servers, ``inflight`` at a time,
+and drop the results: no reading, writing or records, so their ratio is the
+most that two instances can give over one on these workers, whatever the
+streaming layer does.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
+import threading  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -88,6 +93,32 @@ def compute_once(model: object, payloads: list[dict]) -> dict[str, float]:
     return {"total": time.perf_counter() - start}
 
 
+def requests_once(workers: list[Worker], payloads: list[dict], inflight: int) -> dict[str, float]:
+    """The payloads sent to ``workers`` by ``inflight`` threads (each to the least busy), results dropped."""
+    pending, lock = iter(payloads), threading.Lock()
+    busy = dict.fromkeys(range(len(workers)), 0)
+
+    def send() -> None:
+        while True:
+            with lock:
+                payload = next(pending, None)
+                if payload is None:
+                    return
+                chosen = min(busy, key=busy.__getitem__)
+                busy[chosen] += 1
+            workers[chosen].handle(payload)
+            with lock:
+                busy[chosen] -= 1
+
+    threads = [threading.Thread(target=send) for _ in range(inflight)]
+    wall, cpu = time.perf_counter(), time.process_time()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return {"total": time.perf_counter() - wall, "cpu": time.process_time() - cpu}
+
+
 def run_once(workers: object, store: str, name: str, options: StreamOptions) -> dict[str, float]:
     """Seconds (wall and this process's CPU) of the blocks, then of the finish, of one complete run."""
     RunState(output_group(store), name).reset()  # a store given twice is run again, not found complete
@@ -131,18 +162,29 @@ def main() -> None:
             connect_workers(MODEL, params, env="current", instances=2) as both,
         ):
             runs = {"local": (Worker(local), options), "server": (one, options), "servers2": (both, two)}
+            served = {"requests": (one, options.inflight), "requests2": (both, two.inflight)}
+            ceiling: dict[str, list[dict[str, float]]] = {path: [] for path in served}
             for i in range(args.repeat):
                 times["compute"].append(compute_once(model, payloads))
+                for path, (workers, inflight) in served.items():
+                    ceiling[path].append(requests_once(workers, payloads, inflight))
                 for path, (workers, opts) in runs.items():
                     times[path].append(run_once(workers, store, f"{path}{i}", opts))
         compute = min(t["total"] for t in times.pop("compute"))
-        report(store, args.repeat, times, compute)
+        best_ceiling = {path: min(tries, key=lambda t: t["total"]) for path, tries in ceiling.items()}
+        report(store, args.repeat, times, compute, best_ceiling)
     finally:
         if args.keep is None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def report(store: str, repeat: int, times: dict[str, list[dict[str, float]]], compute: float) -> None:
+def report(
+    store: str,
+    repeat: int,
+    times: dict[str, list[dict[str, float]]],
+    compute: float,
+    ceiling: dict[str, dict[str, float]],
+) -> None:
     """Print the best run of each path and the ratios, after checking that all outputs are identical."""
     group = zarr.open_group(store, mode="r")
     first = group[f"labels/{next(iter(times))}0/0"][...]
@@ -159,6 +201,12 @@ def report(store: str, repeat: int, times: dict[str, list[dict[str, float]]], co
     print(f"apply/compute, with finish: {server['total'] / compute:.3f}")
     print(f"2 instances / 1, blocks:   {server['blocks'] / two['blocks']:.3f} (goal >= 1.8)")
     print(f"2 instances / 1, total:    {server['total'] / two['total']:.3f}")
+    one, both = ceiling["requests"], ceiling["requests2"]
+    print(
+        f"2 instances / 1, payloads in memory: {one['total'] / both['total']:.3f}"
+        f" ({one['total']:.2f} s / {both['total']:.2f} s, this process {one['cpu']:.2f} / {both['cpu']:.2f} s CPU:"
+        " the most any streaming could give on these workers)"
+    )
     print(f"outputs identical: {same}")
 
 
