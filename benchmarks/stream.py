@@ -7,7 +7,8 @@ encoding and writes hidden behind the model, issue 15); two instances of a
 single-threaded model on 2 cores give at least 1.8x the throughput of one
 (issue 15). The store is a 64-frame 1024x1024 uint16 store with Zstd chunks
 (or ``--store``, e.g. ``nahual demo-data --large``), the model the zoo's
-``threshold`` (one thread per BLAS/OpenMP pool, set here for every process).
+``threshold`` (one thread per BLAS/OpenMP pool, set here for every process),
+this process's allocator set as ``nahual apply`` sets it (``nahual._malloc``).
 
 Usage::
 
@@ -53,6 +54,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import zarr  # noqa: E402
 
+from nahual._malloc import STREAMING, tune_malloc  # noqa: E402
 from nahual.registry import resolve_model  # noqa: E402
 from nahual.stream import LocalModel, StreamOptions, Worker, apply, finish, output_group, write_image  # noqa: E402
 from nahual.stream._connect import connect_workers  # noqa: E402
@@ -162,6 +164,7 @@ def main() -> None:
     parser.add_argument("--params", default=json.dumps(PARAMS), help=f"threshold params (default {PARAMS})")
     parser.add_argument("--keep", type=Path, help="write the store here and keep it (default: a temporary folder)")
     args = parser.parse_args()
+    tune_malloc(STREAMING)  # as ``nahual apply`` does, before any thread
     options = StreamOptions.from_cli(args)
     params = json.loads(args.params)
 

@@ -53,12 +53,17 @@ def test_a_cap_the_user_set_in_the_environment_is_kept():
     assert arenas("tuned", MALLOC_ARENA_MAX="4") == 4
 
 
-def test_the_server_settings_are_applied_and_those_the_environment_sets_are_left():
-    """In a child process: the settings are the process's own for the rest of its life."""
+@pytest.mark.parametrize("name", ["SERVER", "STREAMING"])
+def test_the_settings_are_applied_and_those_the_environment_sets_are_left(name):
+    """In a child process: the settings are the process's own for the rest of its life.
+
+    Both ``nahual serve`` and ``nahual apply`` fix the thresholds (glibc's rising ones cost page faults a block)."""
+    settings = {"SERVER": SERVER, "STREAMING": STREAMING}[name]
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    script = "import json; from nahual._malloc import SERVER, tune_malloc; print(json.dumps(tune_malloc(SERVER)))"
+    script = f"import json; from nahual._malloc import {name}, tune_malloc; print(json.dumps(tune_malloc({name})))"
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, check=True,
         env={**clean, "MALLOC_TRIM_THRESHOLD_": "1048576"},
     )  # fmt: skip
-    assert json.loads(done.stdout) == {k: v for k, v in SERVER.items() if k != "trim_threshold"}
+    assert json.loads(done.stdout) == {k: v for k, v in settings.items() if k != "trim_threshold"}
+    assert {"mmap_threshold", "arenas"} <= settings.keys()
