@@ -49,6 +49,7 @@ import shutil  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
+import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -105,13 +106,18 @@ def compute_split(model: object, payloads: list[dict], processes: int = 2) -> di
     for first in range(processes):
         pid = os.fork()
         if pid == 0:  # the child runs its share of the model's calls and nothing else
+            status = 1
             try:
                 compute_once(model, payloads[first::processes])
+                status = 0
+            except BaseException:
+                traceback.print_exc()
             finally:
-                os._exit(0)
+                os._exit(status)
         children.append(pid)
-    for pid in children:
-        os.waitpid(pid, 0)
+    failed = [pid for pid in children if os.waitpid(pid, 0)[1] != 0]
+    if failed:
+        raise SystemExit(f"compute2: {len(failed)} of {processes} processes failed (their traceback is above)")
     return {"total": time.perf_counter() - start}
 
 

@@ -62,8 +62,12 @@ def intermediate_dtype(plan: Plan, frames: list[list[Block]]) -> type:
     Counted per frame, not over the store, so that a long time-lapse keeps
     4-byte ids (half the memory, disk and encoding of 8-byte ones).
     """
-    largest = max((sum(plan.out_voxels(b) for b in frame) for frame in frames), default=0)
-    return np.uint32 if largest < np.iinfo(np.uint32).max else np.uint64
+    return _ids_dtype(max((sum(plan.out_voxels(b) for b in frame) for frame in frames), default=0))
+
+
+def _ids_dtype(count: int) -> type:
+    """The dtype that holds ids ``1 .. count``: uint32 below its largest value, else uint64."""
+    return np.uint32 if count < np.iinfo(np.uint32).max else np.uint64
 
 
 def _window_box(plan: Plan, block: Block) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
@@ -162,7 +166,7 @@ class LabelSink(Sink):
         """
         counts = {b.index: self.state.info(b.index)["count"] for b in self.blocks}
         # the ids before merging bound the objects, which are known only once the last frame is stitched
-        dtype = np.uint32 if sum(counts.values()) < np.iinfo(np.uint32).max else np.uint64
+        dtype = _ids_dtype(sum(counts.values()))
         final = self.create_label_image(dtype)
         objects = merged = 0
         for blocks in self.frames:  # the stitch tables hold one frame's objects at most
