@@ -105,6 +105,11 @@ def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, (TransportError, builtins.TimeoutError, ConnectionError))
 
 
+def _connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` says the worker's connection is gone (not merely that a request took too long)."""
+    return isinstance(exc, (TransportError, ConnectionError)) and not isinstance(exc, builtins.TimeoutError)
+
+
 def _reason(exc: BaseException) -> str:
     """What went wrong, for a :class:`BlockError`: nahual's own message, or the foreign error's type and message."""
     return str(exc) if isinstance(exc, NahualError) else f"{type(exc).__name__}: {exc}"
@@ -142,6 +147,9 @@ class _Pipeline:
         self._stopping = False
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(self.inflight)
+        #: The failure of each handle (by id) whose connection was lost for good in this run: a request sent
+        #: on it would wait out its whole timeout for a reply that cannot come.
+        self._lost: dict[int, BaseException] = {}
 
     def _fail(self, exc: BaseException, block: Block, worker: str) -> None:
         """Keep the failure of the earliest block (the order requests fail in is not deterministic)."""
@@ -151,9 +159,10 @@ class _Pipeline:
                 self._cause, self._failed_at = exc, block.index
 
     def _abandoned(self, block: Block) -> bool:
-        """Whether a block is not worth sending: a block before it failed (blocks are taken in plan order)."""
+        """Whether a block is not worth sending: the run is stopping (Ctrl-C), or a block before it failed
+        (blocks are taken in plan order)."""
         with self._lock:  # the error and where it was are set together
-            return self.error is not None and self._failed_at < block.index
+            return self._stopping or (self.error is not None and self._failed_at < block.index)
 
     def _next(self) -> Block | None:
         """The next block to run, or None once all are taken or one failed."""
@@ -163,7 +172,7 @@ class _Pipeline:
     def _pick(self) -> Worker:
         """The least busy worker, counted busy until :meth:`_release`."""
         with self._lock:
-            worker = min(self.workers, key=lambda w: (w.busy, w.used))
+            worker = min(self.workers, key=lambda w: (id(w.handle) in self._lost, w.busy, w.used))
             worker.busy += 1
             worker.used += 1
             return worker
@@ -180,17 +189,22 @@ class _Pipeline:
             while True:
                 handle = worker.handle
                 try:
+                    if (lost := self._lost.get(id(handle))) is not None:
+                        raise lost  # as if sent: fail, or reconnect while retries allow
                     return handle(payload), worker
                 except Exception as exc:
                     if handle is not worker.handle:
                         continue  # another lane replaced the handle meanwhile: not a try of this block's
                     if not _retryable(exc) or tries >= self.retries or worker.reopen is None or self._abandoned(block):
+                        if _connection_lost(exc):
+                            self._lost[id(handle)] = exc
                         self._fail(exc, block, worker.name)
                         return None
                     tries += 1
                     try:
                         worker.reconnect(handle)
                     except Exception as again:
+                        self._lost[id(handle)] = again  # the other lanes on it need not try as well
                         self._fail(again, block, worker.name)
                         return None
         finally:
