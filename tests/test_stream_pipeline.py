@@ -213,7 +213,7 @@ def test_ctrl_c_writes_the_blocks_in_flight_and_the_rerun_resumes(image, referen
     with LocalModel(Blobs) as model:
         with pytest.raises(KeyboardInterrupt):
             apply(model, image, "seg", TILE, progress=False)
-        # alive: CPython lists a thread that has just ended for a moment after its join
+        # alive: a lane that has just ended can still be listed for a moment
         assert not [t for t in threading.enumerate() if t.name.startswith("nahual-lane") and t.is_alive()]
         finished = RunState(str(image), "seg").finished()
         assert finished == set(started) and 3 <= len(finished) < 2 * 4 * 4, (finished, started)
@@ -222,39 +222,53 @@ def test_ctrl_c_writes_the_blocks_in_flight_and_the_rerun_resumes(image, referen
     assert again["skipped"] == len(finished) and np.array_equal(labels_of(image, "seg"), reference)
 
 
-def test_after_ctrl_c_a_block_read_but_not_sent_is_not_sent(image, monkeypatch):
-    """A block waiting for a request slot when SIGINT comes stays unsent: its server got the same Ctrl-C and
-    may be gone, and a request sent after the connection closed waits out its whole timeout."""
+def requests_by_block(monkeypatch, before_read, answer) -> list[int]:
+    """Patch the reads and the model calls of a run: returns the block index of each request, in order.
+
+    ``before_read(index)`` runs before a block is read; ``answer(index, call)`` answers its request
+    (``call()`` is the model's own answer). A block stays on one lane, so the lane tells a request's block.
+    """
     requests: list[int] = []
-    handled = threading.Event()
     lane = threading.local()
     read, call = BlockReader.__call__, LocalModel.__call__
 
     def reading(self, block):
         lane.block = block.index
+        before_read(block.index)
         return read(self, block)
 
     def requesting(self, payload, **kwargs):
         requests.append(lane.block)
-        if len(requests) == 1:
-            os.kill(os.getpid(), signal.SIGINT)
-            assert handled.wait(30)
-            time.sleep(0.1)  # the main thread, interrupted in its wait for the lanes, marks the run as stopping
-        return call(self, payload, **kwargs)
-
-    def on_sigint(signum, frame):
-        handled.set()
-        raise KeyboardInterrupt
+        return answer(lane.block, lambda: call(self, payload, **kwargs))
 
     monkeypatch.setattr(BlockReader, "__call__", reading)
     monkeypatch.setattr(LocalModel, "__call__", requesting)
-    monkeypatch.setattr(signal, "default_int_handler", on_sigint)
-    signal.signal(signal.SIGINT, on_sigint)
+    return requests
+
+
+def test_after_ctrl_c_a_block_read_but_not_sent_is_not_sent(image, monkeypatch):
+    """A block waiting for a request slot when SIGINT comes stays unsent: its server got the same Ctrl-C and
+    may be gone, and a request sent after the connection closed waits out its whole timeout."""
+    handled = threading.Event()
+
+    def interrupting(_index, call):
+        if not handled.is_set():
+            os.kill(os.getpid(), signal.SIGINT)
+            assert handled.wait(30)
+            time.sleep(0.1)  # the main thread, interrupted in its wait for the lanes, marks the run as stopping
+        return call()
+
+    def on_sigint(_signum, _frame):
+        handled.set()
+        raise KeyboardInterrupt
+
+    requests = requests_by_block(monkeypatch, lambda _index: None, interrupting)
+    previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         with LocalModel(Blobs) as model, pytest.raises(KeyboardInterrupt):
             apply(model, image, "seg", TILE.replace(inflight=1), progress=False, finalize=False)
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, previous)
     assert len(requests) == 1, requests  # the two other lanes had read their blocks and waited for the one slot
     assert RunState(str(image), "seg").finished() == set(requests)
 
@@ -262,28 +276,21 @@ def test_after_ctrl_c_a_block_read_but_not_sent_is_not_sent(image, monkeypatch):
 def test_no_request_goes_to_a_worker_whose_connection_was_lost(image, monkeypatch):
     """A block read before a later block found its server gone is not sent there (it would wait out its
     timeout for a reconnection): it fails at once, with the lost connection as its cause."""
-    requests: list[int] = []
     lost = threading.Event()
-    lane = threading.local()
-    read, call = BlockReader.__call__, LocalModel.__call__
 
-    def reading(self, block):
-        lane.block = block.index
-        if block.index == 0:
+    def held_back(index):
+        if index == 0:
             assert lost.wait(30)  # block 0 asks for its slot only after block 1's connection dropped
-        return read(self, block)
 
-    def requesting(self, payload, **kwargs):
-        requests.append(lane.block)
+    def dropping(index, call):
         if lost.is_set():
             raise TimeoutError("no reply within 600 s")  # what a request on a lost connection ends with
-        if lane.block == 1:
+        if index == 1:
             lost.set()
             raise TransportError("Connection reset: the server closed the connection or died")
-        return call(self, payload, **kwargs)
+        return call()
 
-    monkeypatch.setattr(BlockReader, "__call__", reading)
-    monkeypatch.setattr(LocalModel, "__call__", requesting)
+    requests = requests_by_block(monkeypatch, held_back, dropping)
     with LocalModel(Blobs) as model, pytest.raises(BlockError) as caught:
         apply(model, image, "seg", TILE.replace(inflight=1), progress=False, finalize=False)
     assert requests[-1] == 1 and 0 not in requests, requests
