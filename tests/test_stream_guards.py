@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -11,8 +12,12 @@ zarr = pytest.importorskip("zarr")
 geff = pytest.importorskip("geff")
 tifffile = pytest.importorskip("tifffile")
 
+from stream_models import Blobs  # noqa: E402
+
 from nahual.cli import main  # noqa: E402
-from nahual.stream import read_tracks, write_image, write_labels  # noqa: E402
+from nahual.errors import ContractError  # noqa: E402
+from nahual.stream import StreamOptions, make_plan, read_tracks, write_image, write_labels  # noqa: E402
+from nahual.stream._payload import BlockReader, may_be_nonfinite  # noqa: E402
 from nahual.stream._resume import STATE_SUFFIX  # noqa: E402
 
 BLOBS = ("--model", "stream_models:Blobs")
@@ -99,6 +104,40 @@ def test_nan_pixels_fail_their_block_by_name(tmp_path, capsys):
         "infinite pixels among the 2304 this block reads; the model takes finite numbers: "
         "replace them in the input first"
     ), err
+
+
+@pytest.mark.parametrize(
+    ("stored", "cast", "scanned"),
+    [
+        ("uint16", "float32", False),
+        ("uint8", "float16", False),
+        ("bool", "float16", False),
+        ("int64", "float32", False),
+        ("uint16", "float16", True),
+        ("float32", "float32", True),
+        ("float64", "float32", True),
+        ("uint16", "uint16", False),
+    ],
+)
+def test_only_pixels_that_can_be_nan_or_infinite_are_scanned(stored, cast, scanned):
+    assert may_be_nonfinite(np.dtype(stored), np.dtype(cast)) is scanned
+
+
+def test_integers_too_big_for_the_models_float_fail_by_name(tmp_path):
+    """65535 cast to float16 is infinite: an integer image is scanned when the cast can overflow."""
+    pixels = np.zeros((1, 32, 32), np.uint16)
+    pixels[0, 3, 4] = 65535
+    array = zarr.open_array(f"{write_image(tmp_path / 'big.zarr', pixels, 'tyx')}/0", mode="r")
+    contract = dataclasses.replace(Blobs.contract, dtype="float16")
+    plan = make_plan(contract, "labels", "tyx", array.shape, array.chunks, StreamOptions())
+    reader = BlockReader(contract, plan, plan.blocks(), array, None, ahead=1)
+    with pytest.raises(
+        ContractError,
+        match="1 of the 1024 image pixels this block reads are above 65504, too large for the model's float16: ",
+    ):
+        reader(plan.blocks()[0])
+    wide = dataclasses.replace(Blobs.contract, dtype="float32")
+    assert BlockReader(wide, plan, plan.blocks(), array, None, ahead=1)(plan.blocks()[0])["image"].max() == 65535
 
 
 def test_an_empty_segmentation_gives_empty_tracks(tmp_path, capsys):

@@ -3,9 +3,10 @@
 Zarr streaming layer. Reads a block's read box from the source (and the label
 input), drops the iterated axes, adds a singleton ``c`` when the model wants
 one the store lacks, transposes to the model's axes order and casts to the
-model's dtype. A chunk that does not decode, and NaN or infinite pixels, fail
-the block with a message that names them: they are found as each block is
-read, since scanning a whole store before the run would cost a second read.
+model's dtype. A chunk that does not decode, and NaN or infinite pixels (or
+integers the model's float cannot hold), fail the block with a message that
+names them: they are found as each block is read, since scanning a whole
+store before the run would cost a second read.
 Label results come back in the model's spatial order and are checked, cropped
 to the core and transposed to the output's axes.
 
@@ -26,7 +27,7 @@ from ..model import Contract
 from ._cache import ChunkCache, make_cache, read_range
 from ._plan import Block, Plan
 
-__all__ = ["BlockReader", "build_payload", "read_box", "result_labels"]
+__all__ = ["BlockReader", "build_payload", "may_be_nonfinite", "read_box", "result_labels"]
 
 
 class BlockReader:
@@ -99,6 +100,40 @@ def read_box(
     return np.transpose(data, [kept.index(a) for a in want])
 
 
+def may_be_nonfinite(stored: np.dtype, cast: np.dtype) -> bool:
+    """Whether pixels stored as ``stored`` and cast to ``cast`` can be NaN or infinite.
+
+    Only floats can, and integers cast to a float too narrow for them (65535
+    as float16 is infinite): a uint16 or uint8 image, the common case, is not
+    scanned, which saves a pass over every block's pixels.
+    """
+    if cast.kind not in "fc":
+        return False
+    if stored.kind == "b":
+        return False
+    if stored.kind in "iu":
+        return float(np.iinfo(stored).max) > float(np.finfo(cast).max)
+    return True
+
+
+def finite_pixels(data: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``data`` cast to the model's ``dtype``, refused when a pixel is (or becomes) NaN or infinite."""
+    with np.errstate(over="ignore"):  # an overflow is named below, not warned about
+        cast = data.astype(dtype, copy=False)
+    if not may_be_nonfinite(data.dtype, dtype) or np.isfinite(cast).all():
+        return cast
+    bad = int(cast.size - np.count_nonzero(np.isfinite(cast)))
+    if data.dtype.kind in "iu":
+        raise ContractError(
+            f"{bad} of the {cast.size} image pixels this block reads are above {np.finfo(dtype).max:g}, "
+            f"too large for the model's {dtype}: rescale the input first"
+        )
+    raise ContractError(
+        f"the image has {bad} NaN or infinite pixels among the {cast.size} this block reads; "
+        "the model takes finite numbers: replace them in the input first"
+    )
+
+
 def build_payload(
     contract: Contract,
     plan: Plan,
@@ -114,14 +149,7 @@ def build_payload(
     payload: dict[str, Any] = {"axes": plan.model_axes}
     if "image" in contract.inputs and image is not None:
         data = read_box(image, plan.axes, plan, block, plan.model_axes, position)
-        data = data.astype(contract.dtype, copy=False) if contract.dtype else data
-        if data.dtype.kind in "fc" and not np.isfinite(data).all():
-            bad = int(data.size - np.count_nonzero(np.isfinite(data)))
-            raise ContractError(
-                f"the image has {bad} NaN or infinite pixels among the {data.size} this block reads; "
-                "the model takes finite numbers: replace them in the input first"
-            )
-        payload["image"] = data
+        payload["image"] = finite_pixels(data, np.dtype(contract.dtype or data.dtype))
     if "labels" in contract.inputs and labels is not None:
         spatial = plan.model_axes.replace("c", "")
         ids = read_box(labels, plan.out_axes, plan, block, spatial, position)
