@@ -222,6 +222,70 @@ def test_ctrl_c_writes_the_blocks_in_flight_and_the_rerun_resumes(image, referen
     assert again["skipped"] == len(finished) and np.array_equal(labels_of(image, "seg"), reference)
 
 
+def test_ctrl_c_waits_for_the_block_the_first_lane_is_writing(image, monkeypatch):
+    """The first lane is still writing when Ctrl-C comes: the run waits for it before it raises.
+
+    (A ``Thread.join`` that Ctrl-C interrupts marks its thread ended while it runs, in CPython
+    before 3.13: a run that joined its lanes raised with that lane's block half-recorded.)
+    """
+    write = LabelSink.write
+    started: list[int] = []
+    first_writing, sent = threading.Event(), threading.Event()
+
+    def interrupted(self, block, result):
+        started.append(block.index)
+        if threading.current_thread().name == "nahual-lane_0":
+            first_writing.set()
+            time.sleep(0.5)  # the main thread waits on this lane when the signal comes
+        elif first_writing.wait(5) and not sent.is_set():
+            sent.set()
+            time.sleep(0.1)  # the main thread has started every lane and waits for them
+            os.kill(os.getpid(), signal.SIGINT)
+        write(self, block, result)
+
+    monkeypatch.setattr(LabelSink, "write", interrupted)
+    with LocalModel(Blobs) as model:
+        with pytest.raises(KeyboardInterrupt):
+            apply(model, image, "seg", TILE, progress=False)
+    assert sent.is_set() and RunState(str(image), "seg").finished() == set(started), started
+
+
+def test_ctrl_c_while_the_lanes_start_is_taken_once_they_have(image, monkeypatch):
+    """SIGINT inside ``Thread.start`` of the second lane: every lane starts and is waited for, the run stops.
+
+    (A KeyboardInterrupt inside ``Thread.start`` can leave a lane running that the run never counted:
+    it then waited for ever, or for a second Ctrl-C, which the watchdog here would send.)
+    """
+    start = threading.Thread.start
+    lanes: list[threading.Thread] = []
+
+    def interrupting(thread):
+        if thread.name.startswith("nahual-lane"):
+            lanes.append(thread)
+            if len(lanes) == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+        start(thread)
+
+    fired = threading.Event()
+
+    def second_ctrl_c():
+        fired.set()
+        os.kill(os.getpid(), signal.SIGINT)
+
+    watchdog = threading.Timer(20, second_ctrl_c)
+    monkeypatch.setattr(threading.Thread, "start", interrupting)
+    watchdog.start()
+    try:
+        with LocalModel(Blobs) as model, pytest.raises(KeyboardInterrupt):
+            apply(model, image, "seg", TILE, progress=False, finalize=False)
+    finally:
+        watchdog.cancel()
+        watchdog.join()
+    assert not fired.is_set()
+    assert len(lanes) == lane_count(TILE.inflight) and not any(lane.is_alive() for lane in lanes)
+    assert len(RunState(str(image), "seg").finished()) < 2 * 4 * 4
+
+
 def requests_by_block(monkeypatch, before_read, answer) -> list[int]:
     """Patch the reads and the model calls of a run: returns the block index of each request, in order.
 

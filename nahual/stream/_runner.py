@@ -16,7 +16,9 @@ to the original error.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import os
+import signal
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +39,8 @@ __all__ = ["Worker", "apply", "finish"]
 READER = "this process (reading the input)"
 #: Lanes beyond ``inflight``: they read the next blocks and write the finished ones while the requests run.
 SPARE_LANES = 2
+#: Seconds between the checks of the thread waiting for the lanes (for a Ctrl-C delivered to another thread).
+WAKE_S = 0.25
 
 
 def lane_count(inflight: int) -> int:
@@ -115,6 +119,27 @@ def _reason(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, NahualError) else f"{type(exc).__name__}: {exc}"
 
 
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Hold back a Ctrl-C that comes inside the ``with`` block until the block ends (in the main thread).
+
+    A KeyboardInterrupt raised inside ``Thread.start`` can leave a thread
+    running that its starter never learns of, and a run that waits for its
+    lanes must know every one it started.
+    """
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
+        yield  # no KeyboardInterrupt here (Python handles signals in the main thread), or a handler not Python's
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            signal.raise_signal(signal.SIGINT)  # to the handler it was meant for: KeyboardInterrupt, or the user's
+
+
 class _Pipeline:
     """Runs each block on one lane, from its read to its write, with ``inflight`` requests at once.
 
@@ -147,6 +172,8 @@ class _Pipeline:
         self._stopping = False
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(self.inflight)
+        self._ended = threading.Condition()  # notified as each lane ends
+        self._live = 0  # lanes started and not ended
         #: The failure of each handle (by id) whose connection was lost for good in this run: a request sent
         #: on it would wait out its whole timeout for a reply that cannot come.
         self._lost: dict[int, BaseException] = {}
@@ -232,26 +259,39 @@ class _Pipeline:
             self.progress.advance()
 
     def _lane(self) -> None:
-        while (block := self._next()) is not None:
-            self._run(block)
+        try:
+            while (block := self._next()) is not None:
+                self._run(block)
+        finally:
+            with self._ended:
+                self._live -= 1
+                self._ended.notify_all()
+
+    def _wait_lanes(self) -> None:
+        """Until every lane has ended.
+
+        Not ``Thread.join``: a join that Ctrl-C interrupts marks its thread
+        ended while it still runs (CPython before 3.13), so a run that joined
+        its lanes raised with a block still being recorded. The timeout wakes
+        this thread to see a Ctrl-C the kernel gave another thread.
+        """
+        with self._ended:
+            while self._live:
+                self._ended.wait(WAKE_S)
 
     def run(self, blocks: Iterable[Block]) -> None:
         """Process ``blocks``; raises the earliest block's failure after writing what finished."""
         self._todo = iter(blocks)
-        lanes = [
-            threading.Thread(target=self._lane, name=f"nahual-lane_{n}", daemon=True)
-            for n in range(lane_count(self.inflight))
-        ]
         try:
-            for lane in lanes:
-                lane.start()
-            for lane in lanes:
-                lane.join()
+            with _sigint_deferred():
+                for n in range(lane_count(self.inflight)):
+                    threading.Thread(target=self._lane, name=f"nahual-lane_{n}", daemon=True).start()
+                    with self._ended:
+                        self._live += 1
+            self._wait_lanes()
         except BaseException:  # Ctrl-C: no new block starts, those in flight are written (a second one leaves now)
-            self._stopping = True  # a lane still starting takes no block
-            for lane in lanes:
-                if lane.is_alive():
-                    lane.join()
+            self._stopping = True
+            self._wait_lanes()
             raise
         if self.error is not None:
             raise self.error from self._cause
