@@ -33,7 +33,12 @@ instances' ratio is read. ``requests`` and ``requests2`` send those same
 in-memory payloads to the one and the two servers, ``inflight`` at a time,
 and drop the results: no reading, writing or records, so their ratio is the
 most that two instances can give over one on these workers, whatever the
-streaming layer does.
+streaming layer does. ``reading`` reads every block's payload on this thread
+(Zstd decoding, the chunk caches, the cast to the model's dtype) and drops
+it: every run pays that much CPU, and two instances pay it on the cores their
+models share, so ``compute2``'s ratio divided by ``1 + reading / compute`` is
+the most two instances can give over one that runs as fast as the model
+alone, before any transport, writing or record.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -59,7 +65,7 @@ from nahual._malloc import STREAMING, tune_malloc  # noqa: E402
 from nahual.registry import resolve_model  # noqa: E402
 from nahual.stream import LocalModel, StreamOptions, Worker, apply, finish, output_group, write_image  # noqa: E402
 from nahual.stream._connect import connect_workers  # noqa: E402
-from nahual.stream._jobs import make_job  # noqa: E402
+from nahual.stream._jobs import Job, make_job  # noqa: E402
 from nahual.stream._payload import BlockReader  # noqa: E402
 from nahual.stream._resume import RunState  # noqa: E402
 
@@ -82,14 +88,26 @@ def make_store(path: Path, frames: int, size: int, seed: int = 0) -> str:
     return write_image(path, data, "tyx", chunks=(1, min(size, 512), min(size, 512)))
 
 
-def block_payloads(store: str, params: dict, options: StreamOptions) -> list[dict]:
-    """Every block's payload, read into memory: what the model alone gets in ``compute``."""
+def reading_job(store: str, params: dict, options: StreamOptions) -> Job:
+    """A job over ``store`` that is only read: its plan, contract and inputs (no state folder left)."""
     with LocalModel(MODEL, params) as handle:
         job = make_job(handle, store, "compute", options, kind=None, axes=None, labels=None, info={})
-    reader = BlockReader(job.contract, job.plan, job.mine, job.image, job.labels, ahead=1)
-    payloads = [reader(block) for block in job.mine]
     shutil.rmtree(job.state.path, ignore_errors=True)
-    return payloads
+    return job
+
+
+def block_payloads(job: Job) -> Iterator[dict]:
+    """Every block's payload, as a run reads it (decoded through the chunk caches and cast): what ``compute`` gets."""
+    reader = BlockReader(job.contract, job.plan, job.mine, job.image, job.labels, ahead=1)
+    return (reader(block) for block in job.mine)
+
+
+def reading_once(job: Job) -> dict[str, float]:
+    """Every block's payload read on this thread and dropped: the input's share of any run's CPU."""
+    start = time.perf_counter()
+    for _ in block_payloads(job):
+        pass
+    return {"total": time.perf_counter() - start}
 
 
 def compute_once(model: object, payloads: list[dict]) -> dict[str, float]:
@@ -177,7 +195,8 @@ def main() -> None:
     folder = args.keep or Path(tempfile.mkdtemp(prefix="nahual-bench-"))
     try:
         store = args.store or make_store(folder / "bench.zarr", args.frames, args.size)
-        payloads = block_payloads(store, params, options)
+        job = reading_job(store, params, options)
+        payloads = list(block_payloads(job))
         model = resolve_model(MODEL)()
         model.params = model.check_params(params)
         model.load(**model.params)
@@ -195,6 +214,7 @@ def main() -> None:
                 "compute2": lambda: compute_split(model, payloads),
                 "requests": lambda: requests_once(one, payloads, options.inflight),
                 "requests2": lambda: requests_once(both, payloads, two.inflight),
+                "reading": lambda: reading_once(job),
             }
             memory: dict[str, list[dict[str, float]]] = {path: [] for path in in_memory}
             for i in range(args.repeat):
@@ -223,7 +243,8 @@ def report(store: str, repeat: int, times: dict[str, list[dict[str, float]]], me
             f"  (this process: {b['cpu']:6.2f} s CPU during the blocks)"
         )
     for path, seconds in memory.items():
-        print(f"{path:<9} total {seconds:7.2f} s (payloads in memory)")
+        what = "every block's input read, nothing else" if path == "reading" else "payloads in memory"
+        print(f"{path:<9} total {seconds:7.2f} s ({what})")
     server, local, two = best["server"], best["local"], best["servers2"]
     compute, machine = memory["compute"], memory["compute"] / memory["compute2"]
     print(f"server/local:              {server['total'] / local['total']:.3f} (goal <= 1.1)")
@@ -235,6 +256,8 @@ def report(store: str, repeat: int, times: dict[str, list[dict[str, float]]], me
     print(f"2 instances / 1, payloads in memory: {memory['requests'] / memory['requests2']:.3f}")
     scaling = server["blocks"] / two["blocks"] / machine
     print(f"2 instances / 1, blocks, over the machine's: {scaling:.3f} (1.8x on a machine that gives 2x is 0.9)")
+    ceiling = machine / (1 + memory["reading"] / compute)
+    print(f"2 instances / 1, the most the input's reading leaves: {ceiling:.3f} (the machine's, less its share)")
     print(f"outputs identical: {same}")
 
 
