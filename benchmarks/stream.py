@@ -231,7 +231,8 @@ def main() -> None:
 def report(store: str, repeat: int, times: dict[str, list[dict[str, float]]], memory: dict[str, float]) -> None:
     """Print the best run of each path and the ratios, after checking that all outputs are identical.
 
-    ``memory``: the best seconds of each path on in-memory payloads (``compute``, ``compute2``, ``requests``...).
+    ``memory``: the best seconds of each path timed beside the runs: those on in-memory payloads
+    (``compute``, ``compute2``, ``requests``, ``requests2``) and ``reading``, which reads the store.
     """
     group = zarr.open_group(store, mode="r")
     first = group[f"labels/{next(iter(times))}0/0"][...]
